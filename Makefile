@@ -1,0 +1,82 @@
+# `make repro` and `make test` do all the set-up on a fresh machine (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+comma := ,
+# GPU=1 installs TensorFlow with CUDA instead of the CPU build.
+EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
+PORT ?= 3000
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: help install data repro test test-fast lint format ui serve build bench clean
+
+help:
+	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
+	@echo "make test    install and run every test (slow ones included)"
+	@echo "make serve   serve the registered champion with BentoML on 127.0.0.1:$(PORT)"
+	@echo "make ui      MLflow UI on 127.0.0.1:5000"
+	@echo "make bench   run the benchmarks in bench/"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The stamp records which extras were installed, so switching GPU=1 on or off reinstalls.
+$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+
+# Debian ships the full Fashion-MNIST as a package; install it when we may (root or passwordless
+# sudo). Otherwise the download stage falls back to the canonical mirrors.
+data:
+	@if [ -d $(FASHION_DIR) ]; then \
+		echo "Fashion-MNIST found in $(FASHION_DIR)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "No apt-get here: the download stage will try the mirrors"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" = none ]; then \
+			echo "Not root: skipping 'apt-get install dataset-fashion-mnist'; the download stage will try the mirrors"; \
+		else \
+			echo "Installing Debian package dataset-fashion-mnist (the full Fashion-MNIST, offline)"; \
+			$$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+			|| echo "Could not install dataset-fashion-mnist; the download stage will try the mirrors"; \
+		fi; \
+	fi
+
+repro: install data
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+test: install data
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+
+test-fast: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
+
+serve: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.package
+	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
+		$(BIN)/bentoml serve serving.service:Classifier --host 127.0.0.1 --port $(PORT)
+
+bench: install
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/serve_load.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,235 @@
+"""Typed, frozen configuration loaded from params.yaml; an unknown or mistyped key is an error."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline import datasets
+
+
+class ConfigError(ValueError):
+    """params.yaml does not describe a valid configuration."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Section `data`: which dataset, and where to take it from."""
+
+    dataset: str = "fashion_mnist"
+    # A folder holding the four MNIST-format files; when set it is the only source tried.
+    local_dir: str | None = None
+    # Class names for data whose dataset is not one we know (KMNIST from a local folder, say).
+    class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in datasets.DATASETS and (
+            self.local_dir is None or self.class_names is None
+        ):
+            raise ConfigError(
+                f"data.dataset: {self.dataset!r} is not a known dataset"
+                f" {sorted(datasets.DATASETS)};"
+                " for other MNIST-format data set both data.local_dir and data.class_names"
+            )
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"data.class_names: names must be unique, got {self.class_names}")
+
+    @property
+    def resolved_class_names(self) -> tuple[str, ...]:
+        """The class names to use: `class_names` when given, else the known dataset's."""
+        if self.class_names is not None:
+            return self.class_names
+        return datasets.get(self.dataset).class_names
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Section `prepare`: the stratified validation split."""
+
+    val_fraction: float = 0.1
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"prepare.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ConvBlockConfig:
+    """One convolutional block: `convs` conv layers, then optional max-pooling and dropout."""
+
+    filters: int
+    kernel_size: int = 3
+    convs: int = 1
+    pool: bool = True
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """An architecture: an MLP (`dense` only) or a CNN (`conv_blocks`, then `dense`)."""
+
+    architecture: Literal["mlp", "cnn"]
+    conv_blocks: tuple[ConvBlockConfig, ...] = ()
+    dense: tuple[int, ...] = ()
+    activation: str = "relu"
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.architecture == "cnn" and not self.conv_blocks:
+            raise ConfigError("model.conv_blocks: a cnn needs at least one conv block")
+        if self.architecture == "mlp" and self.conv_blocks:
+            raise ConfigError("model.conv_blocks: an mlp has no conv blocks")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to fit a model: optimizer, schedule, batch, epochs, early stopping, speed switches."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    # constant, or cosine decay to 0 over all epochs after `warmup_epochs` of linear warm-up.
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: int = 0
+    batch_size: int = 128
+    epochs: int = 10
+    # Stop when val_loss has not improved for this many epochs and keep the best weights; 0 = off.
+    early_stopping_patience: int = 0
+    label_smoothing: float = 0.0
+    # Random translation of training images by up to this many pixels; 0 = no augmentation.
+    augment_shift: int = 0
+    seed: int = 42
+    # bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs; weights and the softmax stay float32.
+    mixed_precision: bool = False
+    jit_compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("learning_rate", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"fit.{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """A named model variant: architecture plus fitting recipe."""
+
+    model: ModelConfig
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Section `train`: the variants `dvc repro` trains, and every variant one may list."""
+
+    variants: tuple[str, ...]
+    models: dict[str, VariantConfig]
+
+    def __post_init__(self) -> None:
+        missing = [name for name in self.variants if name not in self.models]
+        if missing:
+            raise ConfigError(
+                f"train.variants lists {missing}, which train.models does not define;"
+                f" defined: {sorted(self.models)}"
+            )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Section `evaluate`: how to choose the best variant and register it."""
+
+    select_by: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    min_improvement: float = 0.0
+    # Registered model name; None means `<dataset>-classifier`.
+    registered_model: str | None = None
+    misclassified_examples: int = 25
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    train: TrainConfig | None = None
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    @property
+    def registered_model(self) -> str:
+        return self.evaluate.registered_model or f"{self.data.dataset.replace('_', '-')}-classifier"
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def build(hint: Any, value: Any, path: str) -> Any:
+    """Convert plain YAML data into `hint` (a dataclass or simple type); errors name `path`."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        fields = {item.name: item for item in dataclasses.fields(hint)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+        hints = typing.get_type_hints(hint)
+        kwargs = {}
+        for name, item in fields.items():
+            if name in value:
+                kwargs[name] = build(hints[name], value[name], f"{path}.{name}".lstrip("."))
+            elif (
+                item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+            ):
+                raise ConfigError(f"{path}: missing required key {name!r}")
+        try:
+            return hint(**kwargs)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}" if path else str(error)) from None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return build(inner, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return tuple(build(args[0], item, f"{path}[{index}]") for index, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return {str(key): build(args[1], item, f"{path}.{key}") for key, item in value.items()}
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+
+
+def load(path: Path | str = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; run from the repository root") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    try:
+        return build(Params, raw, "")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
