@@ -27,6 +27,9 @@ class Dataset:
     # sha256 of the decompressed files, where known; a mismatch means different data.
     content_sha256: dict[str, str]
     system_dir: str
+    # Side of the box an object is scaled to fit when serving turns an upload into model input:
+    # MNIST scaled each digit to 20x20 inside 28x28; Fashion-MNIST products fill the frame.
+    content_size: int = 20
 
 
 DATASETS = {
@@ -62,6 +65,7 @@ DATASETS = {
             "test_labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
         },
         system_dir="fashion-mnist",
+        content_size=28,
     ),
     "mnist": Dataset(
         name="mnist",

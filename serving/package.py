@@ -1,0 +1,137 @@
+"""Bring the registry's champion into the BentoML model store, keeping its provenance.
+
+`python -m serving.package` resolves `models:/<name>@champion` in MLflow, copies the native Keras
+file into the BentoML store as `<name>:v<version>` with the registry version, run id, class names,
+input contract and metrics as metadata, and prints the tag. Re-running it for the same version
+reuses the stored model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+ALIAS = "champion"
+METRIC_TAGS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "test_macro_f1")
+
+
+class PackageError(RuntimeError):
+    """The champion cannot be found or brought into the BentoML store."""
+
+
+def default_registered_model(params: Path = Path("params.yaml")) -> str:
+    """`REGISTERED_MODEL` when set, else the name params.yaml gives the registered model."""
+    if os.environ.get("REGISTERED_MODEL"):
+        return os.environ["REGISTERED_MODEL"]
+    from pipeline import config
+
+    return config.load(params).registered_model
+
+
+def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> dict[str, Any]:
+    """What serving needs to know about a registered version, from its tags."""
+    from pipeline import datasets
+
+    tags = version.tags
+    dataset = tags.get("dataset", "")
+    known = datasets.DATASETS.get(dataset)
+    return {
+        "registered_model": registered_model,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "variant": tags.get("variant"),
+        "dataset": dataset,
+        "class_names": json.loads(tags.get("class_names", "[]")),
+        "input_contract": tags.get("input_contract"),
+        "content_size": int(tags.get("content_size") or (known.content_size if known else 20)),
+        "metrics": {key: float(tags[key]) for key in METRIC_TAGS if key in tags},
+        "git_commit": tags.get("git_commit"),
+        "data_sha256": tags.get("data_sha256"),
+        "model_uri": f"models:/{registered_model}/{version.version}",
+        "tracking_uri": tracking_uri,
+    }
+
+
+def package(*, registered_model: str, tracking_uri: str, alias: str = ALIAS) -> str:
+    """Import the version `alias` names into the BentoML store (once); return its tag."""
+    import bentoml
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        version = client.get_model_version_by_alias(registered_model, alias)
+    except MlflowException as error:
+        raise PackageError(
+            f"no version of {registered_model!r} has alias {alias!r} in {tracking_uri}"
+            f" ({error.message}). Run `make repro` (or `dvc repro`) to train and register one,"
+            " or set REGISTERED_MODEL / MLFLOW_TRACKING_URI to where it lives"
+        ) from None
+    tag = f"{registered_model}:v{version.version}"
+    try:
+        stored = bentoml.models.get(tag)
+        log.info("%s already in the BentoML store (%s)", tag, stored.path)
+        return str(stored.tag)
+    except bentoml.exceptions.NotFound:
+        pass
+    metadata = champion_metadata(
+        version, registered_model=registered_model, tracking_uri=tracking_uri
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        mlflow.set_tracking_uri(tracking_uri)
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{registered_model}/{version.version}", dst_path=scratch
+            )
+        )
+        keras_files = sorted(local.rglob("*.keras"))
+        if not keras_files:
+            raise PackageError(
+                f"{tag}: the registered model holds no .keras file (found"
+                f" {sorted(str(p.relative_to(local)) for p in local.rglob('*'))[:10]});"
+                " it must be logged with mlflow.keras"
+            )
+        with bentoml.models.create(
+            tag,
+            module="serving.service",
+            labels={"alias": alias, "dataset": metadata["dataset"], "variant": metadata["variant"]},
+            metadata=metadata,
+        ) as model:
+            shutil.copyfile(keras_files[0], model.path_of("model.keras"))
+    log.info(
+        "imported %s (run %s) into the BentoML store as %s", registered_model, version.run_id, tag
+    )
+    return tag
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--alias", default=ALIAS)
+    parser.add_argument("--tag-file", type=Path, help="also write the tag to this file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from pipeline import tracking
+
+    try:
+        tag = package(
+            registered_model=default_registered_model(args.params),
+            tracking_uri=tracking.tracking_uri(),
+            alias=args.alias,
+        )
+    except PackageError as error:
+        raise SystemExit(f"package: {error}") from None
+    if args.tag_file:
+        args.tag_file.write_text(tag + "\n")
+    print(tag)
+
+
+if __name__ == "__main__":
+    main()
