@@ -69,9 +69,13 @@ format: install
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
+# The champion goes into the BentoML store first; the service then serves exactly that tag.
 serve: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m serving.package
+	@mkdir -p .bentoml
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
+		$(BIN)/python -m serving.package --tag-file .bentoml/serving-tag
+	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
+		BENTO_MODEL="$$(cat .bentoml/serving-tag)" \
 		$(BIN)/bentoml serve serving.service:Classifier --host 127.0.0.1 --port $(PORT)
 
 bench: install
