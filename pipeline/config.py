@@ -179,9 +179,11 @@ def build(hint: Any, value: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
         fields = {item.name: item for item in dataclasses.fields(hint)}
-        unknown = sorted(set(value) - set(fields))
+        unknown = sorted(set(value) - set(fields), key=str)
         if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+            # The full dotted name (train.models.cnn.fit.epoch) is what one greps params.yaml for.
+            dotted = [f"{path}.{key}".lstrip(".") for key in unknown]
+            raise ConfigError(f"unknown key(s) {dotted}; allowed here: {sorted(fields)}")
         hints = typing.get_type_hints(hint)
         kwargs = {}
         for name, item in fields.items():

@@ -1,0 +1,186 @@
+"""End to end: `dvc repro` with tiny params, then `bentoml serve` the champion and classify.
+
+Runs on the real Fashion-MNIST when the machine has it (Debian's dataset-fashion-mnist), on tiny
+synthetic MNIST-format files otherwise. Slow: a full DVC run plus a server start.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests import synthetic
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+TINY_MODELS = {
+    "mlp": {
+        "model": {"architecture": "mlp", "dense": [64], "dropout": 0.1},
+        "fit": {"batch_size": 256, "epochs": 2, "learning_rate": 0.002},
+    },
+    "cnn": {
+        "model": {
+            "architecture": "cnn",
+            "conv_blocks": [{"filters": 8, "convs": 1, "pool": True}],
+            "dense": [32],
+        },
+        "fit": {"batch_size": 256, "epochs": 1, "learning_rate": 0.002},
+    },
+}
+
+
+def copy_project(destination: Path) -> None:
+    """The tracked files of the repository, as a fresh clone would have them."""
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image * 255).round().astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_repro_then_serve_the_champion(tmp_path):
+    import httpx
+
+    project = tmp_path / "project"
+    copy_project(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["variants"] = list(TINY_MODELS)
+    params["train"]["models"] = TINY_MODELS
+    if not SYSTEM_FASHION.is_dir():
+        synthetic.write_dataset(tmp_path / "raw", n_train=600, n_test=200)
+        params["data"] = {
+            "dataset": "synthetic",
+            "local_dir": str(tmp_path / "raw"),
+            "class_names": list(synthetic.CLASS_NAMES),
+        }
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    bin_dir = Path(sys.executable).parent
+    environment = os.environ | {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    environment.pop("BENTO_MODEL", None)
+
+    repro = subprocess.run(
+        [str(bin_dir / "dvc"), "repro"],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert repro.returncode == 0, repro.stdout[-4000:] + repro.stderr[-4000:]
+    champion = json.loads((project / "models" / "champion.json").read_text())
+    assert champion["version"] == 1 and champion["variant"] in TINY_MODELS
+    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
+    assert set(evaluation["variants"]) == set(TINY_MODELS)
+
+    packaged = subprocess.run(
+        [sys.executable, "-m", "serving.package"],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert packaged.returncode == 0, packaged.stderr[-4000:]
+    tag = packaged.stdout.strip().splitlines()[-1]
+    assert tag == f"{champion['registered_model']}:v1"
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(bin_dir / "bentoml"),
+            "serve",
+            "serving.service:Classifier",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=project,
+        env=environment | {"BENTO_MODEL": tag},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        base = f"http://127.0.0.1:{port}"
+        while True:
+            assert server.poll() is None, server.stdout.read().decode()[-4000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the service was not ready within 120 s"
+            time.sleep(0.5)
+
+        with np.load(project / "data" / "prepared" / "test.npz") as test:
+            images, labels = test["x"][:20], test["labels"][:20]
+            class_names = [str(name) for name in test["class_names"]]
+        correct = 0
+        for image, label in zip(images, labels, strict=True):
+            response = httpx.post(
+                f"{base}/predict_image",
+                files={"image": ("test.png", png_bytes(image), "image/png")},
+                timeout=30,
+            )
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            assert answer["class_name"] == class_names[answer["label"]]
+            assert answer["model_version"] == "1"
+            assert sum(answer["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+            correct += answer["label"] == label
+        # A model trained for an epoch or two is far better than chance (10%) on these.
+        assert correct >= 10, f"only {correct}/20 test images classified correctly"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
