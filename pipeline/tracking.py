@@ -40,7 +40,7 @@ def tracking_uri() -> str:
 
 
 def get_or_create_experiment(client, name: str) -> str:
-    """The id of experiment `name`; with SQLite, its artefacts go to `mlartifacts/` beside the db."""
+    """The id of experiment `name`; with SQLite, artefacts go to `mlartifacts/` beside the db."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
