@@ -77,18 +77,29 @@ def package(*, registered_model: str, tracking_uri: str, alias: str = ALIAS) -> 
     tag = f"{registered_model}:v{version.version}"
     try:
         stored = bentoml.models.get(tag)
-        log.info("%s already in the BentoML store (%s)", tag, stored.path)
-        return str(stored.tag)
     except bentoml.exceptions.NotFound:
-        pass
+        stored = None
+    if stored is not None:
+        # The tag holds only the version number; a store filled from another registry (or a
+        # recreated one) can hold a different model under the same tag.
+        if stored.info.metadata.get("run_id") == version.run_id:
+            log.info("%s already in the BentoML store (%s)", tag, stored.path)
+            return str(stored.tag)
+        log.info("%s in the BentoML store came from another run: replacing it", tag)
+        bentoml.models.delete(tag)
     metadata = champion_metadata(
         version, registered_model=registered_model, tracking_uri=tracking_uri
     )
     with tempfile.TemporaryDirectory() as scratch:
-        mlflow.set_tracking_uri(tracking_uri)
+        # Ask the client where the version's files are rather than setting the process-wide
+        # tracking URI (which MLflow also copies into MLFLOW_TRACKING_URI for every later caller).
         local = Path(
             mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{registered_model}/{version.version}", dst_path=scratch
+                artifact_uri=client.get_model_version_download_uri(
+                    registered_model, version.version
+                ),
+                dst_path=scratch,
+                tracking_uri=tracking_uri,
             )
         )
         keras_files = sorted(local.rglob("*.keras"))
