@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from serving import preprocess
 from serving.preprocess import ImageError
+from tests.serving_fixtures import png_of_size
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MODES = ("L", "RGB", "RGBA", "P", "1")
@@ -72,30 +71,6 @@ def assert_model_input(output: np.ndarray) -> None:
     assert output.shape == (28, 28)
     assert output.dtype == np.float32
     assert output.min() >= 0.0 and output.max() <= 1.0
-
-
-def png_of_size(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG, streamed so a huge one stays small on disk and in memory."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    row = bytes(1 + (width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    rows_per_piece = max(1, 2**22 // len(row))
-    data = b"".join(
-        compressor.compress(row * min(rows_per_piece, height - start))
-        for start in range(0, height, rows_per_piece)
-    )
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", data + compressor.flush())
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize(
