@@ -42,7 +42,7 @@ def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> d
     tags = version.tags
     dataset = tags.get("dataset", "")
     known = datasets.DATASETS.get(dataset)
-    return {
+    metadata = {
         "registered_model": registered_model,
         "version": str(version.version),
         "run_id": version.run_id,
@@ -57,6 +57,8 @@ def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> d
         "model_uri": f"models:/{registered_model}/{version.version}",
         "tracking_uri": tracking_uri,
     }
+    # BentoML only stores plain values; a hand-registered version may lack some tags.
+    return {key: value for key, value in metadata.items() if value is not None}
 
 
 def package(*, registered_model: str, tracking_uri: str, alias: str = ALIAS) -> str:
