@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.serve_load import cpu_name
 from pipeline import config, datasets, idx
 
 
@@ -43,16 +44,6 @@ def load_images(count: int, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
         images = rng.integers(0, 256, size=(count, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=count)
     return images.astype(np.float32) / 255, np.eye(10, dtype=np.float32)[labels]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def compiled_model(variant: config.VariantConfig, train_size: int):
