@@ -225,8 +225,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def bentoml_serve(environment: Mapping[str, str], *, log: Path) -> Iterator[Server]:
-    """Run `bentoml serve serving.service:Classifier` on a free local port; always stop it."""
+def bentoml_serve(
+    environment: Mapping[str, str], *, log: Path, cwd: Path = REPO_ROOT
+) -> Iterator[Server]:
+    """Run `bentoml serve serving.service:Classifier` (from `cwd`) on a free local port; always
+    stop it."""
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ) | dict(environment)
@@ -244,7 +247,7 @@ def bentoml_serve(environment: Mapping[str, str], *, log: Path) -> Iterator[Serv
                 "--port",
                 str(port),
             ],
-            cwd=REPO_ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=sink,

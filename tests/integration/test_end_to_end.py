@@ -10,18 +10,15 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from tests import synthetic
+from tests import serving_fixtures, synthetic
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -62,12 +59,6 @@ def copy_project(destination: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -129,36 +120,12 @@ def test_repro_then_serve_the_champion(tmp_path):
     tag = packaged.stdout.strip().splitlines()[-1]
     assert tag == f"{champion['registered_model']}:v1"
 
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            str(bin_dir / "bentoml"),
-            "serve",
-            "serving.service:Classifier",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=project,
-        env=environment | {"BENTO_MODEL": tag},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        base = f"http://127.0.0.1:{port}"
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()[-4000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the service was not ready within 120 s"
-            time.sleep(0.5)
-
+    serve_environment = environment | {"BENTO_MODEL": tag}
+    with serving_fixtures.bentoml_serve(
+        serve_environment, log=tmp_path / "serve.log", cwd=project
+    ) as server:
+        serving_fixtures.wait_until_ready(server, timeout=120)
+        base = server.url
         with np.load(project / "data" / "prepared" / "test.npz") as test:
             images, labels = test["x"][:20], test["labels"][:20]
             class_names = [str(name) for name in test["class_names"]]
@@ -177,10 +144,3 @@ def test_repro_then_serve_the_champion(tmp_path):
             correct += answer["label"] == label
         # A model trained for an epoch or two is far better than chance (10%) on these.
         assert correct >= 10, f"only {correct}/20 test images classified correctly"
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
