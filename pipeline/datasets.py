@@ -87,6 +87,12 @@ DATASETS = {
 }
 
 
+def content_size(name: str) -> int:
+    """The box serving scales uploads to for dataset `name` (the MNIST default when unknown)."""
+    known = DATASETS.get(name)
+    return known.content_size if known else Dataset.content_size
+
+
 def get(name: str) -> Dataset:
     """Return the known dataset called `name`, or fail naming the ones we know."""
     try:

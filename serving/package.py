@@ -41,7 +41,6 @@ def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> d
 
     tags = version.tags
     dataset = tags.get("dataset", "")
-    known = datasets.DATASETS.get(dataset)
     metadata = {
         "registered_model": registered_model,
         "version": str(version.version),
@@ -50,7 +49,7 @@ def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> d
         "dataset": dataset,
         "class_names": json.loads(tags.get("class_names", "[]")),
         "input_contract": tags.get("input_contract"),
-        "content_size": int(tags.get("content_size") or (known.content_size if known else 20)),
+        "content_size": int(tags.get("content_size") or datasets.content_size(dataset)),
         "metrics": {key: float(tags[key]) for key in METRIC_TAGS if key in tags},
         "git_commit": tags.get("git_commit"),
         "data_sha256": tags.get("data_sha256"),

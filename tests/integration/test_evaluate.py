@@ -370,3 +370,22 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     assert again["version"] == 1
     assert again["candidate"]["reason"] == "already the champion"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def test_champion_this_stage_already_scored_is_not_scored_again(registry: Registry):
+    images, labels = synthetic.make_split(20, seed=5)
+    x_test = images.astype(np.float32) / 255
+    run = registry.new_run()
+    registry.register(run, accuracy=0.8, champion_accuracy=None)
+    run_id = run[0]
+    # The figure this stage measured for the champion's own run is used as it is.
+    scored = {run_id: 0.125, "some-other-run": 0.5}
+    assert evaluate.champion_accuracy_on(registry.client, NAME, x_test, labels, scored=scored) == (
+        0.125
+    )
+    # A champion from a run this stage did not score is loaded and measured.
+    expected = evaluate.score(np.asarray(registry.model(x_test)), labels).accuracy
+    other = {"some-other-run": 0.5}
+    assert evaluate.champion_accuracy_on(
+        registry.client, NAME, x_test, labels, scored=other
+    ) == pytest.approx(expected)
