@@ -5,13 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +14,7 @@ import pytest
 import yaml
 
 from pipeline import prepare
-from tests import synthetic
+from tests.support import servers, synthetic
 
 DATASET = "synthetic"
 SERVER_START_TIMEOUT = 120.0
@@ -149,75 +143,22 @@ def sqlite_store(
     mlflow.set_tracking_uri(None)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the server and the workers it started: they share its process group."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied artefacts; its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    url = f"http://127.0.0.1:{_free_port()}"
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--host=127.0.0.1",
-        f"--port={url.rsplit(':', 1)[1]}",
-        "--workers=1",
-        f"--backend-store-uri=sqlite:///{root / 'server.db'}",
-        f"--artifacts-destination={root / 'artifacts'}",
-    ]
+    port = servers.free_port()
+    command = servers.mlflow_server_command(
+        port, backend=f"sqlite:///{root / 'server.db'}", artifacts=root / "artifacts"
+    )
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     # Background job runners (seven worker processes) serve features these tests do not use.
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=root,
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {process.returncode}:\n{log_path.read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server not healthy after {SERVER_START_TIMEOUT:.0f} s:\n"
-                    + log_path.read_text()[-3000:]
-                )
-            time.sleep(0.25)
-        yield url
-    finally:
-        _stop(process)
+    with servers.running(
+        "mlflow server", command, port=port, log=root / "server.log", env=environment, cwd=root
+    ) as server:
+        server.wait_ready("/health", timeout=SERVER_START_TIMEOUT)
+        yield server.url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("server", marks=pytest.mark.slow)])

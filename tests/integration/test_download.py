@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline import config, datasets, download, idx, io
-from tests import synthetic
+from tests.support import synthetic
 
 ROLES = tuple(datasets.FILES)
 

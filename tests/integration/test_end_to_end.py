@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests import serving_fixtures, synthetic
+from tests.support import servers, synthetic
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -121,10 +121,10 @@ def test_repro_then_serve_the_champion(tmp_path):
     assert tag == f"{champion['registered_model']}:v1"
 
     serve_environment = environment | {"BENTO_MODEL": tag}
-    with serving_fixtures.bentoml_serve(
+    with servers.bentoml_serve(
         serve_environment, log=tmp_path / "serve.log", cwd=project
     ) as server:
-        serving_fixtures.wait_until_ready(server, timeout=120)
+        server.wait_ready("/readyz", timeout=120)
         base = server.url
         with np.load(project / "data" / "prepared" / "test.npz") as test:
             images, labels = test["x"][:20], test["labels"][:20]

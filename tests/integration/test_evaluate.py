@@ -21,8 +21,8 @@ import yaml
 
 from pipeline import evaluate, io, models, train
 from pipeline.config import ModelConfig
-from tests import synthetic
 from tests.conftest import DATASET, Workspace, write_params
+from tests.support import synthetic
 
 DVC_YAML = Path(__file__).resolve().parents[2] / "dvc.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"

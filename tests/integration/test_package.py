@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from serving import package
-from tests import serving_fixtures
-from tests.serving_fixtures import SHAPES
+from tests.support import bento, shapes
+from tests.support.shapes import SHAPES
 
 NAME = "shapes-classifier"
 METRICS = {
@@ -76,7 +76,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         with _use_tracking_uri(uri):
             for version in ("1", "2"):
                 keras.utils.set_random_seed(int(version))
-                model = serving_fixtures.tiny_model(len(SHAPES))
+                model = shapes.tiny_model(len(SHAPES))
                 with mlflow.start_run(experiment_id=experiment) as run:
                     info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
                 tags = evaluate_tags(
@@ -98,7 +98,7 @@ def champion_v1(registry: Registry) -> Registry:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Path]:
-    with serving_fixtures.bentoml_home(tmp_path / "bentoml") as home:
+    with bento.bentoml_home(tmp_path / "bentoml") as home:
         yield home
 
 

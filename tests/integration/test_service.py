@@ -1,6 +1,6 @@
 """The BentoML service through `Classifier.to_asgi()`, and once for real under `bentoml serve`.
 
-A tiny model trained on shape drawings (see `tests.serving_fixtures`) is served from a BentoML store
+A tiny model trained on shape drawings (see `tests.support.shapes`) is served from a BentoML store
 under a temporary folder. `serving.service` reads its model tag and limits from the environment
 when it is imported, so the module is imported here with the test's environment and removed from
 `sys.modules` afterwards.
@@ -26,8 +26,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from serving import preprocess
-from tests import serving_fixtures
-from tests.serving_fixtures import SHAPES
+from tests.support import bento, servers, shapes
+from tests.support.shapes import SHAPES
 
 TAG = "shapes:v1"
 LIMITS = {
@@ -59,10 +59,10 @@ class ShapeStore:
 @pytest.fixture(scope="module")
 def shape_store(tmp_path_factory: pytest.TempPathFactory) -> ShapeStore:
     home = tmp_path_factory.mktemp("bentoml")
-    model = serving_fixtures.shape_model()
-    images, labels = serving_fixtures.shape_dataset(12, seed=1)
-    with serving_fixtures.bentoml_home(home):
-        serving_fixtures.store_model(model, TAG, class_names=SHAPES)
+    model = shapes.shape_model()
+    images, labels = shapes.shape_dataset(12, seed=1)
+    with bento.bentoml_home(home):
+        bento.store_model(model, TAG, class_names=SHAPES)
     return ShapeStore(home, TAG, model, images, labels)
 
 
@@ -73,7 +73,7 @@ def client(shape_store: ShapeStore) -> Iterator[TestClient]:
     previous = sys.modules.pop("serving.service", None)
     try:
         with (
-            serving_fixtures.bentoml_home(shape_store.home),
+            bento.bentoml_home(shape_store.home),
             pytest.MonkeyPatch.context() as patch,
         ):
             patch.setenv("BENTO_MODEL", shape_store.tag)
@@ -97,8 +97,8 @@ def drawing_bytes(
 ) -> bytes:
     """A clean black-on-white drawing of shape `label`, encoded as an upload."""
     rng = np.random.default_rng(seed)
-    image = serving_fixtures.draw_shape(label, rng=rng, ink=0, paper=255)
-    return serving_fixtures.encode(serving_fixtures.in_mode(image, mode), image_format)
+    image = shapes.draw_shape(label, rng=rng, ink=0, paper=255)
+    return shapes.encode(shapes.in_mode(image, mode), image_format)
 
 
 def image_file(data: bytes, image_format: str = "PNG") -> tuple[str, bytes, str]:
@@ -233,14 +233,14 @@ def test_metadata_names_the_model(client: TestClient) -> None:
 
 def _truncated_png() -> bytes:
     noise = np.random.default_rng(1).integers(0, 256, size=(64, 64), dtype=np.uint8)
-    data = serving_fixtures.encode(Image.fromarray(noise), "PNG")
+    data = shapes.encode(Image.fromarray(noise), "PNG")
     return data[: len(data) // 2]
 
 
 def _too_many_pixels() -> bytes:
     image = Image.new("L", (1200, 1000), 255)
     image.paste(0, (500, 300, 700, 700))
-    return serving_fixtures.encode(image, "PNG")
+    return shapes.encode(image, "PNG")
 
 
 def _over_body_limit() -> bytes:
@@ -312,7 +312,7 @@ BENTOML_500 = pytest.mark.xfail(
         ),
         pytest.param(
             "/predict_image",
-            lambda: _image(serving_fixtures.png_of_size(20000, 20000)),
+            lambda: _image(shapes.png_of_size(20000, 20000)),
             400,
             "too large|20000x20000",
             id="decompression-bomb",
@@ -467,8 +467,8 @@ def test_bentoml_serve_answers_images_and_batched_pixels(
     shape_store: ShapeStore, tmp_path: Path
 ) -> None:
     environment = {"BENTOML_HOME": str(shape_store.home), "BENTO_MODEL": shape_store.tag}
-    with serving_fixtures.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
-        seconds = serving_fixtures.wait_until_ready(server, timeout=90)
+    with servers.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
+        seconds = server.wait_ready("/readyz", timeout=90)
         print(f"bentoml serve: /readyz answered 200 after {seconds:.1f} s")
 
         response = httpx.post(
@@ -503,7 +503,7 @@ def test_bentoml_serve_exits_when_the_model_is_not_in_the_store(
     shape_store: ShapeStore, tmp_path: Path
 ) -> None:
     environment = {"BENTOML_HOME": str(shape_store.home), "BENTO_MODEL": "shapes:missing"}
-    with serving_fixtures.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
+    with servers.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
         start = time.monotonic()
         try:
             server.process.wait(60)
@@ -519,12 +519,10 @@ def test_bentoml_serve_stops_when_the_model_cannot_be_loaded(tmp_path: Path) -> 
     # Three class names for five outputs: the service refuses the model in its __init__, which
     # BentoML would otherwise retry forever while /readyz never answers.
     home = tmp_path / "bentoml"
-    with serving_fixtures.bentoml_home(home):
-        serving_fixtures.store_model(
-            serving_fixtures.tiny_model(len(SHAPES)), "shapes:broken", class_names=SHAPES[:3]
-        )
+    with bento.bentoml_home(home):
+        bento.store_model(shapes.tiny_model(len(SHAPES)), "shapes:broken", class_names=SHAPES[:3])
     environment = {"BENTOML_HOME": str(home), "BENTO_MODEL": "shapes:broken"}
-    with serving_fixtures.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
+    with servers.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
         start = time.monotonic()
         try:
             server.process.wait(120)

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import models, prepare, train
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig
-from tests import synthetic
+from tests.support import synthetic
 
 MLP = ModelConfig(architecture="mlp", dense=(8,))
 CNN = ModelConfig(architecture="cnn", conv_blocks=(ConvBlockConfig(filters=4),))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import idx, prepare
-from tests import synthetic
+from tests.support import synthetic
 
 
 def run_prepare(n_train: int = 200, n_test: int = 50, *, val_fraction: float = 0.2, seed: int = 7):

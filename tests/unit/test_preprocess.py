@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from serving import preprocess
 from serving.preprocess import ImageError
-from tests.serving_fixtures import png_of_size
+from tests.support.shapes import png_of_size
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MODES = ("L", "RGB", "RGBA", "P", "1")

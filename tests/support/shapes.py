@@ -1,35 +1,23 @@
-"""Tiny models, model stores, images and servers for the serving tests, all made inside the tests.
+"""Drawings a tiny model can tell apart after the service's preprocessing, and image bytes.
 
 The service crops, scales and centres every upload the way MNIST was made, so an image's class must
-survive that. `tests.synthetic` codes the class in the position of a bright square, which the crop
-throws away; the drawings here differ in shape (a tall bar, a wide bar, a block, a frame, a cross),
-which the preprocessing keeps, so a model trained on them answers uploads meaningfully.
+survive that. `tests.support.synthetic` codes the class in the position of a bright square, which
+the crop throws away; the drawings here differ in shape (a tall bar, a wide bar, a block, a frame, a
+cross), which the preprocessing keeps, so a model built on them answers uploads meaningfully.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import signal
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from PIL import Image, ImageDraw
 
 from serving import preprocess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAPES = ("bar", "slab", "block", "frame", "cross")
 
 
@@ -155,126 +143,3 @@ def png_of_size(width: int, height: int) -> bytes:
         + chunk(b"IDAT", data + compressor.flush())
         + chunk(b"IEND", b"")
     )
-
-
-@contextlib.contextmanager
-def bentoml_home(home: Path) -> Iterator[Path]:
-    """Point BentoML at a store under `home`, in this process and in the processes it starts.
-
-    BentoML reads BENTOML_HOME once per process and caches the store, so once any test has used
-    a store the variable alone does not move it; the container's providers are patched too.
-    """
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml._internal.models import ModelStore
-
-    (home / "models").mkdir(parents=True, exist_ok=True)
-    with (
-        pytest.MonkeyPatch.context() as patch,
-        BentoMLContainer.bentoml_home.patch(str(home)),
-        BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))),
-    ):
-        patch.setenv("BENTOML_HOME", str(home))
-        yield home
-
-
-def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str = "1") -> str:
-    """Save a Keras model into the current BentoML store the way `serving.package` lays it out."""
-    import bentoml
-
-    name = tag.split(":")[0]
-    metadata = {
-        "registered_model": name,
-        "version": version,
-        "class_names": list(class_names),
-        "content_size": preprocess.MNIST_CONTENT_SIZE,
-    }
-    with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
-        model.save(stored.path_of("model.keras"))
-    return tag
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A `bentoml serve` subprocess in a session of its own, with its output in a file."""
-
-    process: subprocess.Popen
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, timeout: float = 20) -> None:
-        """Stop the whole process group: the arbiter and its workers."""
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout)
-        # Workers may outlive an arbiter that died on its own; the group is ours either way.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout)
-
-
-@contextlib.contextmanager
-def bentoml_serve(
-    environment: Mapping[str, str], *, log: Path, cwd: Path = REPO_ROOT
-) -> Iterator[Server]:
-    """Run `bentoml serve serving.service:Classifier` (from `cwd`) on a free local port; always
-    stop it."""
-    port = free_port()
-    bin_dir = str(Path(sys.executable).parent)
-    env = dict(os.environ) | dict(environment)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                "serving.service:Classifier",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def wait_until_ready(server: Server, *, timeout: float) -> float:
-    """Seconds until GET /readyz answers 200; fails with the server's output if it never does."""
-    import httpx
-
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"bentoml serve exited with {server.process.returncode} before it was ready:\n"
-                + server.output()[-5000:]
-            )
-        # /readyz does not answer at all while the service starts, so each try has a deadline.
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return time.monotonic() - start
-        time.sleep(0.25)
-    pytest.fail(f"bentoml serve not ready after {timeout:.0f} s:\n" + server.output()[-5000:])

@@ -1,0 +1,47 @@
+"""A BentoML model store under a test folder, filled the way `serving.package` fills one."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving import preprocess
+
+
+@contextlib.contextmanager
+def bentoml_home(home: Path) -> Iterator[Path]:
+    """Point BentoML at a store under `home`, in this process and in the processes it starts.
+
+    BentoML reads BENTOML_HOME once per process and caches the store, so once any test has used
+    a store the variable alone does not move it; the container's providers are patched too.
+    """
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        BentoMLContainer.bentoml_home.patch(str(home)),
+        BentoMLContainer.model_store.patch(ModelStore(str(home / "models"))),
+    ):
+        patch.setenv("BENTOML_HOME", str(home))
+        yield home
+
+
+def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str = "1") -> str:
+    """Save a Keras model into the current BentoML store the way `serving.package` lays it out."""
+    import bentoml
+
+    name = tag.split(":")[0]
+    metadata = {
+        "registered_model": name,
+        "version": version,
+        "class_names": list(class_names),
+        "content_size": preprocess.MNIST_CONTENT_SIZE,
+    }
+    with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
+        model.save(stored.path_of("model.keras"))
+    return tag
