@@ -1,0 +1,166 @@
+"""Our own routes, mounted into the BentoML service: image uploads and the Open Inference Protocol.
+
+They run in each worker's event loop and call the model directly: decoding and preprocessing an
+image and one small model call take a few milliseconds of CPU, less than a hop to a thread pool
+and back costs in contention. Every refusal is an `ApiError`, answered as JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from serving import oip, preprocess, uploads
+from serving.errors import ApiError
+from serving.model import ServedModel
+from serving.settings import Settings
+
+SERVER_NAME = "mnist-mlops"
+
+
+def _service():
+    """The worker's service instance (the class in `serving.service`)."""
+    import bentoml
+
+    return bentoml.get_current_service()
+
+
+def _model_inputs(model: ServedModel, settings: Settings, images: list[bytes], field: str):
+    """Float32 (N, 28, 28) model input; an ImageError names the field each image came in."""
+    batch = []
+    for index, data in enumerate(images):
+        try:
+            batch.append(
+                preprocess.preprocess(
+                    data, max_pixels=settings.max_image_pixels, content_size=model.content_size
+                )
+            )
+        except preprocess.ImageError as error:
+            name = field if len(images) == 1 and field == "image" else f"{field}[{index}]"
+            raise ApiError(f"{name}: {error}") from None
+    return np.stack(batch)
+
+
+async def predict_image(request: Request) -> JSONResponse:
+    """One image, as the multipart file field `image` or as the raw body."""
+    service = _service()
+    images = await uploads.uploads(request, field="image", max_count=1)
+    batch = _model_inputs(service.model, service.settings, images, "image")
+    return JSONResponse(service.model.classify(batch)[0])
+
+
+async def predict_images(request: Request) -> JSONResponse:
+    """Several images, as repeated multipart file fields `images`; answers in the same order."""
+    service = _service()
+    images = await uploads.uploads(request, field="images", max_count=service.settings.max_images)
+    batch = _model_inputs(service.model, service.settings, images, "images")
+    return JSONResponse(service.model.classify(batch))
+
+
+def _known_model(request: Request) -> ServedModel:
+    model = _service().model
+    name = request.path_params["name"]
+    version = request.path_params.get("version")
+    if name != model.name:
+        raise ApiError(f"no model named {name!r} here; this server serves {model.name!r}", 404)
+    if version is not None and version != model.version:
+        raise ApiError(
+            f"model {name!r} has no version {version!r} here; this server serves version"
+            f" {model.version!r}",
+            404,
+        )
+    return model
+
+
+async def live(request: Request) -> JSONResponse:
+    return JSONResponse({"live": True})
+
+
+async def ready(request: Request) -> JSONResponse:
+    # Routes only run once the service (and so its model) is loaded.
+    return JSONResponse({"ready": True})
+
+
+async def server_metadata(request: Request) -> JSONResponse:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version(SERVER_NAME)
+    except PackageNotFoundError:
+        ours = "unknown"
+    return JSONResponse(oip.server_metadata(name=SERVER_NAME, version=ours))
+
+
+async def model_metadata(request: Request) -> JSONResponse:
+    model = _known_model(request)
+    return JSONResponse(
+        oip.model_metadata(name=model.name, version=model.version, class_names=model.class_names)
+    )
+
+
+async def model_ready(request: Request) -> JSONResponse:
+    model = _known_model(request)
+    return JSONResponse({"name": model.name, "ready": True})
+
+
+async def infer(request: Request) -> Response:
+    model = _known_model(request)
+    settings = _service().settings
+    parsed = oip.parse_request(
+        await request.body(),
+        header_length=request.headers.get(oip.HEADER_LENGTH),
+        max_items=settings.max_batch_items,
+    )
+    body, headers = oip.encode_response(
+        model.probabilities(parsed.images),
+        model_name=model.name,
+        model_version=model.version,
+        request_id=parsed.request_id,
+        binary=parsed.binary_output,
+    )
+    return Response(body, headers=headers)
+
+
+async def _refused(request: Request, error: ApiError) -> Response:
+    return error.response()
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    """Starlette's own 404 and 405, as JSON that says what exists."""
+    if error.status_code == 405:
+        message = f"{request.url.path} does not take {request.method}; see the API at /"
+    elif error.status_code == 404:
+        message = f"no endpoint {request.url.path}; see the API at /"
+    else:
+        message = str(error.detail)
+    return ApiError(message, error.status_code, error.headers).response()
+
+
+def _model_routes(prefix: str) -> list[Route]:
+    return [
+        Route(prefix, model_metadata, methods=["GET"]),
+        Route(f"{prefix}/ready", model_ready, methods=["GET"]),
+        Route(f"{prefix}/infer", infer, methods=["POST"]),
+    ]
+
+
+def app() -> Starlette:
+    """The routes mounted at / of the BentoML service."""
+    routes: list[Any] = [
+        Route("/predict_image", predict_image, methods=["POST"]),
+        Route("/predict_images", predict_images, methods=["POST"]),
+        Route("/v2", server_metadata, methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        *_model_routes("/v2/models/{name}"),
+        *_model_routes("/v2/models/{name}/versions/{version}"),
+    ]
+    return Starlette(
+        routes=routes, exception_handlers={ApiError: _refused, HTTPException: _http_error}
+    )

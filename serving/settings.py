@@ -1,0 +1,86 @@
+"""The service's settings: read from the environment when the service starts, checked, frozen.
+
+Three are read when `serving.service` is imported instead (`Declared`), because BentoML takes them
+from the class declaration, and `bentoml build` packs the model the class names: `BENTO_MODEL`,
+`SERVING_WORKERS` and `BATCH_MAX_LATENCY_MS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Limits and tuning of one service process. Each field is the lower-case name of its
+    environment variable (`max_body_bytes` <- MAX_BODY_BYTES)."""
+
+    # Largest request body accepted, with or without a Content-Length.
+    max_body_bytes: int = 20 * MIB
+    # Largest decoded image, width x height.
+    max_image_pixels: int = 4096 * 4096
+    # Most images in one /predict_images request.
+    max_images: int = 64
+    # Most images in one /predict or OIP infer request.
+    max_batch_items: int = 1024
+    # TensorFlow threads per worker; 0 = the cores divided among the workers.
+    tf_threads: int = 0
+    # Seconds a client is told to wait (Retry-After) when the service sheds load.
+    retry_after_s: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `environ` (default: this process's environment); a bad value raises
+        ValueError naming the variable."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in fields(cls):
+            name = field.name.upper()
+            text = environ.get(name)
+            if text is None or text == "":
+                continue
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, got {text!r}") from None
+            if value < 0 or (value == 0 and field.name != "tf_threads"):
+                raise ValueError(f"{name} must be a positive integer, got {value}")
+            values[field.name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What the service class declares to BentoML, read when `serving.service` is imported."""
+
+    # The BentoML model tag to serve (`make serve` passes the champion's).
+    model_tag: str = "fashion-mnist-classifier:latest"
+    # Worker processes. A worker spends much of each request in single-threaded Python (HTTP,
+    # multipart, image decoding), so one process per core, up to 4, uses the cores best.
+    workers: int = 0
+    # /predict sheds (503) a request predicted to wait longer than this for its batch.
+    batch_max_latency_ms: int = 10_000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Declared:
+        environ = os.environ if environ is None else environ
+        return cls(
+            model_tag=environ.get("BENTO_MODEL") or cls.model_tag,
+            workers=_positive(environ, "SERVING_WORKERS", min(4, os.cpu_count() or 1)),
+            batch_max_latency_ms=_positive(
+                environ, "BATCH_MAX_LATENCY_MS", cls.batch_max_latency_ms
+            ),
+        )
+
+
+def _positive(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = environ.get(name, "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return int(text)
