@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.serve_load import cpu_name
+from bench.machine import cpu_name
 from pipeline import config, datasets, idx
 
 

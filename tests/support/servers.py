@@ -69,6 +69,23 @@ def process_tree(root: int, table: Mapping[int, tuple[int, int, float]]) -> list
     return tree
 
 
+def tree_memory(root: int) -> dict[str, int]:
+    """Resident memory of `root`'s process tree in bytes, summed over its processes.
+
+    "rss" counts pages shared between processes (a forked worker's libraries, say) once per
+    process; "pss" shares them out, so it is what the tree really adds to the machine's use.
+    """
+    totals = {"rss": 0, "pss": 0}
+    for pid in process_tree(root, process_table()):
+        for key, path in (("rss", "status"), ("pss", "smaps_rollup")):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+                    if line.startswith(("VmRSS:", "Pss:")):
+                        totals[key] += int(line.split()[1]) * 1024
+                        break
+    return totals
+
+
 @dataclass
 class Server:
     """A server subprocess we started: its URL, its log, when it started."""

@@ -1,0 +1,285 @@
+"""The report: a Markdown table of the cells, and each goal with PASS / MISS and by how much.
+
+Goals (ours, measured against `mlflow models serve` on the same version in the same run):
+
+    single image /predict_image at concurrency 8: >= 450 req/s with p99 <= 25 ms
+    single image /predict_image at concurrency 32: p99 <= 100 ms
+    >= 15x MLflow's single-image throughput (concurrency 8)
+    server CPU per single-image request <= 3 ms (concurrency 8)
+    >= 6,000 images/s through /predict in batches (best concurrency)
+    ready <= 6 s after start (process start -> /readyz 200)
+
+Reported without a goal: OIP /infer images/s (and its ratio to MLflow's batches), the resident
+memory of the server's process tree. Each single-image goal is judged for every single-image kind
+measured (multipart upload and raw body), each on its own line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.serve_driver import Cell
+from bench.serve_payloads import BASELINE, SINGLE_IMAGE_KINDS
+
+GOAL_CONCURRENCY = 8
+GOAL_SINGLE_RPS = 450.0
+GOAL_SINGLE_P99_MS = 25.0
+HIGH_CONCURRENCY = 32
+GOAL_HIGH_P99_MS = 100.0
+GOAL_RATIO = 15.0
+GOAL_CPU_MS = 3.0
+GOAL_BATCH_IMAGES_PER_S = 6000.0
+GOAL_READY_S = 6.0
+MIB = 1024 * 1024
+# How much of a failed check's answer a goal line or table row repeats (the full text is above).
+FAILURE_CHARACTERS = 100
+KIND_NAMES = {
+    "single": "multipart",
+    "image_raw": "raw body",
+    "images": "multipart, many",
+    "batch": "JSON pixels",
+    "oip": "OIP binary UINT8",
+}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One goal: what it asks, the verdict (PASS, MISS, n/a, info), the figures, the shortfall."""
+
+    goal: str
+    verdict: str
+    measured: str
+    shortfall: str = ""
+
+
+def at_least(value: float, goal: float, unit: str) -> str:
+    """'' when `value` reaches `goal`, else how far short it falls."""
+    if value >= goal:
+        return ""
+    gap = f"{goal - value:,.1f}" + (unit if unit == "x" else f" {unit}")
+    return f"{gap} short ({value / goal:.0%} of the goal)"
+
+
+def at_most(value: float, limit: float, unit: str) -> str:
+    """'' when `value` stays within `limit`, else by how much it goes over."""
+    if value <= limit:
+        return ""
+    return f"{value - limit:,.1f} {unit} over ({value / limit:.2f}x the limit)"
+
+
+def judged(goal: str, measured: str, shortfalls: list[str]) -> Goal:
+    """PASS when no part of the goal fell short, else MISS with every shortfall."""
+    missing = "; ".join(text for text in shortfalls if text)
+    return Goal(goal, "MISS" if missing else "PASS", measured, missing)
+
+
+def find(cells: list[Cell], server: str, kind: str, concurrency: int) -> Cell | None:
+    for cell in cells:
+        if (cell.server, cell.kind, cell.concurrency) == (server, kind, concurrency):
+            return cell
+    return None
+
+
+def ratio_for(cell: Cell, cells: list[Cell]) -> float | None:
+    """Ours / MLflow images/s: the MLflow kind that is this kind's baseline, same concurrency."""
+    if cell.server != "ours" or not cell.ok:
+        return None
+    other = find(cells, "mlflow", BASELINE[cell.kind], cell.concurrency)
+    if other is None or not other.images_per_s:
+        return None
+    return cell.images_per_s / other.images_per_s
+
+
+def not_measured(goal: str, cell: Cell | None) -> Goal | None:
+    """The verdict of a goal whose cell is missing (n/a) or failed (MISS); None otherwise."""
+    if cell is None:
+        return Goal(goal, "n/a", "not measured")
+    if cell.failure is not None:
+        return Goal(goal, "MISS", f"failed: {cell.failure[:FAILURE_CHARACTERS]}", "not served")
+    if not cell.requests:
+        sample = cell.error_samples[0] if cell.error_samples else "no request completed"
+        return Goal(goal, "MISS", f"no successful request ({sample})", "nothing served")
+    return None
+
+
+def errors_text(cell: Cell) -> str:
+    return f"{cell.errors} errors" if cell.errors else ""
+
+
+def single_image_goals(cells: list[Cell], kind: str) -> list[Goal]:
+    """The four single-image goals for one kind of single-image request."""
+    label = f"/predict_image ({KIND_NAMES[kind]})"
+    goals = []
+    cell = find(cells, "ours", kind, GOAL_CONCURRENCY)
+    text = (
+        f"{label} at concurrency {GOAL_CONCURRENCY}: >= {GOAL_SINGLE_RPS:.0f} req/s,"
+        f" p99 <= {GOAL_SINGLE_P99_MS:.0f} ms"
+    )
+    if (verdict := not_measured(text, cell)) is None:
+        figure = f"{cell.requests_per_s:,.0f} req/s, p99 {cell.percentile(0.99):.1f} ms"
+        rate = at_least(cell.requests_per_s, GOAL_SINGLE_RPS, "req/s")
+        p99 = at_most(cell.percentile(0.99), GOAL_SINGLE_P99_MS, "ms")
+        verdict = judged(text, figure, [rate, p99, errors_text(cell)])
+    goals.append(verdict)
+    high = find(cells, "ours", kind, HIGH_CONCURRENCY)
+    text = f"{label} at concurrency {HIGH_CONCURRENCY}: p99 <= {GOAL_HIGH_P99_MS:.0f} ms"
+    if (verdict := not_measured(text, high)) is None:
+        figure = f"p99 {high.percentile(0.99):.1f} ms ({high.requests_per_s:,.0f} req/s)"
+        p99 = at_most(high.percentile(0.99), GOAL_HIGH_P99_MS, "ms")
+        verdict = judged(text, figure, [p99, errors_text(high)])
+    goals.append(verdict)
+    text = f"{label}: >= {GOAL_RATIO:.0f}x MLflow's single-image req/s at c={GOAL_CONCURRENCY}"
+    if (verdict := not_measured(text, cell)) is None:
+        ratio = ratio_for(cell, cells)
+        verdict = (
+            Goal(text, "n/a", "MLflow not measured")
+            if ratio is None
+            else judged(text, f"{ratio:.1f}x", [at_least(ratio, GOAL_RATIO, "x")])
+        )
+    goals.append(verdict)
+    text = f"{label}: server CPU <= {GOAL_CPU_MS:.0f} ms per request at c={GOAL_CONCURRENCY}"
+    if (verdict := not_measured(text, cell)) is None:
+        cpu_ms = cell.server_cpu_ms_per_request or math.nan
+        verdict = judged(text, f"{cpu_ms:.2f} ms", [at_most(cpu_ms, GOAL_CPU_MS, "ms")])
+    goals.append(verdict)
+    return goals
+
+
+def best(cells: list[Cell], kind: str) -> Cell | None:
+    """Ours' cell of `kind` with the most images/s; a failed one when none succeeded."""
+    found = [cell for cell in cells if (cell.server, cell.kind) == ("ours", kind)]
+    return max(found, key=lambda cell: (cell.ok, cell.images_per_s), default=None)
+
+
+def batch_goals(cells: list[Cell]) -> list[Goal]:
+    """Images/s through /predict (a goal) and OIP /infer (reported), best concurrency each."""
+    goals = []
+    text = f"/predict batches: >= {GOAL_BATCH_IMAGES_PER_S:,.0f} images/s (best concurrency)"
+    cell = best(cells, "batch")
+    if (verdict := not_measured(text, cell)) is None:
+        figure = (
+            f"{cell.images_per_s:,.0f} images/s ({cell.images_per_request} images/request,"
+            f" concurrency {cell.concurrency})"
+        )
+        shortfall = at_least(cell.images_per_s, GOAL_BATCH_IMAGES_PER_S, "images/s")
+        verdict = judged(text, figure, [shortfall, errors_text(cell)])
+    goals.append(verdict)
+    for kind, endpoint in (("oip", "OIP /v2/models/<name>/infer"), ("images", "/predict_images")):
+        text = f"{endpoint} images/s (reported; best concurrency)"
+        cell = best(cells, kind)
+        if cell is None and kind == "images":
+            continue
+        if (verdict := not_measured(text, cell)) is None:
+            ratio = ratio_for(cell, cells)
+            figure = (
+                f"{cell.images_per_s:,.0f} images/s ({cell.images_per_request} images/request,"
+                f" concurrency {cell.concurrency}, p99 {cell.percentile(0.99):,.1f} ms"
+                + ("" if ratio is None else f", {ratio:.1f}x MLflow's batches")
+                + ")"
+            )
+            verdict = Goal(text, "info", figure, errors_text(cell))
+        goals.append(verdict)
+    return goals
+
+
+def server_goals(ready: dict[str, float], memory: dict[str, dict[str, int]]) -> list[Goal]:
+    """Readiness after start (a goal) and resident memory (reported)."""
+    text = f"ready <= {GOAL_READY_S:.0f} s after start (/readyz 200)"
+    if "ours" not in ready:
+        goals = [Goal(text, "n/a", "not measured")]
+    else:
+        figure = f"{ready['ours']:.1f} s"
+        if "mlflow" in ready:
+            figure += f" (MLflow: {ready['mlflow']:.1f} s to /ping)"
+        goals = [judged(text, figure, [at_most(ready["ours"], GOAL_READY_S, "s")])]
+    for server, found in memory.items():
+        text = f"{server_name(server)} resident memory, whole process tree (reported)"
+        figure = (
+            f"RSS {found['rss'] / MIB:,.0f} MiB summed over its processes"
+            f" (PSS {found['pss'] / MIB:,.0f} MiB); the peak of after-ready and each cell's end"
+        )
+        goals.append(Goal(text, "info", figure))
+    return goals
+
+
+def goals(
+    cells: list[Cell], ready: dict[str, float], memory: dict[str, dict[str, int]]
+) -> list[Goal]:
+    """Every goal with its measured figure, verdict and shortfall."""
+    found: list[Goal] = []
+    for kind in SINGLE_IMAGE_KINDS:
+        if any(cell.kind == kind for cell in cells):
+            found.extend(single_image_goals(cells, kind))
+    return found + batch_goals(cells) + server_goals(ready, memory)
+
+
+def server_name(server: str) -> str:
+    return "BentoML (ours)" if server == "ours" else "mlflow models serve"
+
+
+def cpu_text(cell: Cell) -> str:
+    if not cell.cpu:
+        return "n/a"
+    return f"{cell.cpu['server']:.2f} / {cell.cpu['client']:.2f} / {cell.cpu['other']:.2f}"
+
+
+def row(cell: Cell, cells: list[Cell]) -> str:
+    """One table row; a failed cell says why in place of its figures."""
+    head = (
+        f"| {server_name(cell.server)} | {cell.kind} | `{cell.endpoint}`"
+        f" | {cell.images_per_request} | {cell.concurrency}"
+    )
+    if cell.failure is not None:
+        return head + f" | FAILED: {cell.failure[:FAILURE_CHARACTERS]} | | | | | | | | |"
+    ratio = ratio_for(cell, cells)
+    cpu_ms = cell.server_cpu_ms_per_request
+    rss = cell.memory.get("rss")
+    return head + (
+        f" | {cell.requests_per_s:,.0f} | {cell.images_per_s:,.0f}"
+        f" | {cell.percentile(0.5):,.1f} | {cell.percentile(0.99):,.1f} | {cell.errors}"
+        f" | {'' if ratio is None else f'{ratio:.1f}x'}"
+        f" | {'' if cpu_ms is None else f'{cpu_ms:.2f}'} | {cpu_text(cell)}"
+        f" | {'' if rss is None else f'{rss / MIB:,.0f}'} |"
+    )
+
+
+def table(cells: list[Cell]) -> str:
+    lines = [
+        "| server | kind | endpoint | images/request | concurrency | req/s | images/s | p50 ms"
+        " | p99 ms | errors | ours / MLflow | server CPU ms/request"
+        " | cores: server / client / other | server RSS MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    return "\n".join(lines + [row(cell, cells) for cell in cells])
+
+
+def goal_lines(found: list[Goal]) -> list[str]:
+    """`- **MISS** goal: figures; short by ...` for each goal."""
+    return [
+        f"- **{goal.verdict}** {goal.goal}: {goal.measured}"
+        + (f"; {goal.shortfall}" if goal.shortfall else "")
+        for goal in found
+    ]
+
+
+def summary(found: list[Goal]) -> list[dict[str, Any]]:
+    return [asdict(goal) for goal in found]
+
+
+def progress(cell: Cell) -> str:
+    """One line per cell, printed as soon as it is measured; errors sampled below it."""
+    head = f"  {cell.server:6} {cell.kind:9} {cell.endpoint:16} x{cell.images_per_request:<4}"
+    if cell.failure is not None:
+        return f"{head} c={cell.concurrency:<3} FAILED, not loaded: {cell.failure[:200]}"
+    spread = " + ".join(map(str, cell.cpu.get("server_processes", [])))
+    return "\n".join(
+        [
+            f"{head} c={cell.concurrency:<3} {cell.requests_per_s:8,.0f} req/s"
+            f" {cell.images_per_s:9,.0f} images/s  p50 {cell.percentile(0.5):6.1f} ms"
+            f"  p99 {cell.percentile(0.99):6.1f} ms  errors {cell.errors}"
+            f"  cores: {cpu_text(cell)} (by process: {spread})",
+            *(f"      error: {sample}" for sample in cell.error_samples),
+        ]
+    )
