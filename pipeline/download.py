@@ -5,7 +5,8 @@ is set (and then nothing else), the system datasets folder (Debian's `dataset-fa
 package installs one), then the dataset's canonical mirrors. This is the only module that touches
 the network.
 
-    python -m pipeline.download --params params.yaml --out data/raw
+    python -m pipeline.download --params params.yaml --system-root /usr/share/datasets \
+        --out data/raw
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ import argparse
 import gzip
 import hashlib
 import http.client
-import json
 import sys
 import urllib.error
 import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import config, datasets, idx, io
+from pipeline import config, contracts, datasets, idx, io
 
+# Where dvc.yaml points --system-root: Debian's dataset packages install there.
 SYSTEM_ROOT = Path("/usr/share/datasets")
 DEFAULT_TIMEOUT = 30.0
-MANIFEST = "manifest.json"
+MANIFEST = contracts.RawManifest.file_name
 # Debian packages that install a known dataset under SYSTEM_ROOT/<Dataset.system_dir>/.
 APT_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
 _CHUNK_BYTES = 1 << 16
@@ -45,20 +45,11 @@ class _SourceFailed(Exception):
 
 
 @dataclass(frozen=True)
-class _Source:
-    kind: str  # "local_dir", "system" or "mirror"
-    location: str
-
-    def describe(self) -> dict[str, str]:
-        return {"kind": self.kind, "location": self.location}
-
-
-@dataclass(frozen=True)
 class Fetched:
     """The verified, decompressed IDX bytes of each role, and the manifest that describes them."""
 
     files: dict[str, bytes]
-    manifest: dict[str, Any]
+    manifest: contracts.RawManifest
 
 
 def resolve_dataset(data: config.DataConfig) -> datasets.Dataset:
@@ -93,12 +84,12 @@ def fetch(
         raise ValueError("class_names must name at least one class")
     sources = []
     if local_dir is not None:
-        sources.append(_Source("local_dir", str(local_dir)))
+        sources.append(contracts.Source("local_dir", str(local_dir)))
     else:
         if dataset.system_dir:
-            sources.append(_Source("system", str(Path(system_root) / dataset.system_dir)))
-        sources += [_Source("mirror", mirror) for mirror in dataset.mirrors]
-    tried: list[dict[str, Any]] = []
+            sources.append(contracts.Source("system", str(Path(system_root) / dataset.system_dir)))
+        sources += [contracts.Source("mirror", mirror) for mirror in dataset.mirrors]
+    tried: list[contracts.Attempt] = []
     for source in sources:
         print(f"download: trying {source.kind} {source.location}")
         try:
@@ -112,16 +103,16 @@ def fetch(
             )
         except _SourceFailed as error:
             print(f"download: {source.kind} {source.location} failed: {error}")
-            tried.append({"source": source.describe(), "error": str(error)})
+            tried.append(contracts.Attempt(source=source, error=str(error)))
             continue
-        manifest = {
-            "dataset": dataset.name,
-            "class_names": list(class_names),
-            "source": source.describe(),
-            "tried": tried,
-            "files": files,
-            "counts": {split: files[f"{split}_labels"]["shape"][0] for split in ("train", "test")},
-        }
+        manifest = contracts.RawManifest(
+            dataset=dataset.name,
+            class_names=tuple(class_names),
+            source=source,
+            tried=tuple(tried),
+            files=files,
+            counts={split: files[f"{split}_labels"].shape[0] for split in ("train", "test")},
+        )
         return Fetched(files={role: data for role, (_, data) in raw.items()}, manifest=manifest)
     raise DownloadError(_failure_message(dataset, tried, local_dir=local_dir))
 
@@ -145,8 +136,7 @@ def write(fetched: Fetched, out_dir: Path) -> list[Path]:
     try:
         for role, path in zip(datasets.FILES, paths, strict=True):
             io.write_bytes(path, fetched.files[role])
-        manifest = json.dumps(fetched.manifest, indent=2, ensure_ascii=False) + "\n"
-        io.write_bytes(manifest_path, manifest.encode())
+        fetched.manifest.write(manifest_path)
     except BaseException:
         for path in [*paths, manifest_path]:
             path.unlink(missing_ok=True)
@@ -157,13 +147,13 @@ def write(fetched: Fetched, out_dir: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Run the stage: read params, fetch, write; return the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, default=Path("data/raw"))
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for the raw files")
     parser.add_argument(
         "--system-root",
         type=Path,
-        default=SYSTEM_ROOT,
-        help="folder holding system dataset packages (default: %(default)s)",
+        required=True,
+        help=f"folder holding system dataset packages ({SYSTEM_ROOT} on Debian)",
     )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per network operation"
@@ -183,20 +173,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     paths = write(fetched, args.out)
     manifest = fetched.manifest
-    source = manifest["source"]
-    print(f"download: {manifest['dataset']} from {source['kind']} {source['location']}")
-    for role, entry in manifest["files"].items():
-        print(f"  {role:<13} {entry['file']:<24} shape {tuple(entry['shape'])}")
-    counts = manifest["counts"]
+    print(f"download: {manifest.dataset} from {manifest.source.kind} {manifest.source.location}")
+    for role, entry in manifest.files.items():
+        print(f"  {role:<13} {entry.file:<24} shape {entry.shape}")
+    counts = manifest.counts
     print(
         f"download: {counts['train']} train and {counts['test']} test examples,"
-        f" {len(manifest['class_names'])} classes; wrote {len(paths)} files to {args.out}"
+        f" {len(manifest.class_names)} classes; wrote {len(paths)} files to {args.out}"
     )
     return 0
 
 
 def _collect(
-    source: _Source, *, dataset: datasets.Dataset, timeout: float
+    source: contracts.Source, *, dataset: datasets.Dataset, timeout: float
 ) -> dict[str, tuple[str, bytes]]:
     """Decompressed bytes of each role from one source, with the name to report it by."""
     if source.kind == "mirror":
@@ -275,7 +264,7 @@ def _verify(
     *,
     class_names: tuple[str, ...],
     content_sha256: dict[str, str],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, contracts.RawFile]:
     """Check IDX structure, shapes, counts, label range and known digests; describe each file."""
     arrays, described = {}, {}
     for role, (name, data) in raw.items():
@@ -304,11 +293,9 @@ def _verify(
                 f" {expected}; these are not the published data"
             )
         arrays[role] = array
-        described[role] = {
-            "file": datasets.FILES[role],
-            "sha256": digest,
-            "shape": list(array.shape),
-        }
+        described[role] = contracts.RawFile(
+            file=datasets.FILES[role], sha256=digest, shape=tuple(array.shape)
+        )
     for split in ("train", "test"):
         (images_name, _), (labels_name, _) = raw[f"{split}_images"], raw[f"{split}_labels"]
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -331,13 +318,12 @@ def _shape_text(shape: tuple[int | None, ...]) -> str:
 
 
 def _failure_message(
-    dataset: datasets.Dataset, tried: list[dict[str, Any]], *, local_dir: Path | None
+    dataset: datasets.Dataset, tried: list[contracts.Attempt], *, local_dir: Path | None
 ) -> str:
     lines = [f"could not get a valid copy of dataset {dataset.name!r} from any source."]
     lines += ["Sources tried:"] if tried else ["There was no source to try."]
     for attempt in tried:
-        source = attempt["source"]
-        lines.append(f"  - {source['kind']} {source['location']}: {attempt['error']}")
+        lines.append(f"  - {attempt.source.kind} {attempt.source.location}: {attempt.error}")
     files = ", ".join(f"{base}[.gz]" for base in datasets.FILES.values())
     if local_dir is not None:
         lines += [

@@ -2,24 +2,32 @@
 
 The best variant (by `evaluate.select_by` on the validation split, never by test results) becomes a
 new version of the registered model; alias `champion` moves to it only if it beats the current
-champion on this test set by `evaluate.min_improvement`, otherwise it gets alias `challenger`.
+champion on this test set by `evaluate.min_improvement`, otherwise it gets alias `challenger`
+(`pipeline.registry`). `evaluate()` scores and chooses; `main()` reads the trained variants, records
+the results through `tracking` and writes `models/champion.json` (contracts.Champion), the DVC
+metrics (contracts.EvaluateMetrics) and the chosen variant's plots.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import config, datasets, io, tracking
+from pipeline import config, contracts, datasets, io, registry, tracking
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
-CHAMPION, CHALLENGER = "champion", "challenger"
+# A split as evaluate needs it: images and integer labels.
+Labelled = tuple[np.ndarray, np.ndarray]
 INPUT_CONTRACT = (
     "28x28 grayscale image as float32 in [0, 1], shape (N, 28, 28); light object on dark"
     " background, like MNIST / Fashion-MNIST"
@@ -48,7 +56,7 @@ def score(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
     )
 
 
-def select_best(candidates: dict[str, dict[str, float]], *, select_by: str) -> str:
+def select_best(candidates: Mapping[str, contracts.VariantMetrics], *, select_by: str) -> str:
     """The variant with the best validation metric.
 
     Ties on `select_by` go to the better other validation metric, then to the name, so the choice
@@ -58,8 +66,7 @@ def select_best(candidates: dict[str, dict[str, float]], *, select_by: str) -> s
         raise ValueError("no trained variants to choose from; list some in train.variants")
 
     def key(name: str) -> tuple[float, float, str]:
-        metrics = candidates[name]
-        accuracy, loss = metrics["val_accuracy"], metrics["val_loss"]
+        accuracy, loss = candidates[name].val_accuracy, candidates[name].val_loss
         primary, secondary = (-accuracy, loss) if select_by == "val_accuracy" else (loss, -accuracy)
         return (round(primary, 12), round(secondary, 12), name)
 
@@ -155,104 +162,110 @@ def metric_key(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class Registration:
-    """The outcome of registering the chosen variant."""
+class VariantEvaluation:
+    """Everything `evaluate` measured for one variant."""
 
-    name: str
-    # Versions are strings: a SQLite store gives ints, a tracking server strings.
-    version: str
-    promoted: bool
-    reason: str
-    champion_version: str
-
-
-def version_for_run(client, name: str, run_id: str):
-    """The registered version whose source run is `run_id`, if any (so re-runs add nothing)."""
-    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    return min(versions, key=lambda version: int(version.version)) if versions else None
+    metrics: contracts.VariantMetrics
+    test: Scores = field(repr=False)
+    report: dict[str, Any] = field(repr=False)
+    report_text: str = field(repr=False)
+    confusion: np.ndarray = field(repr=False)
 
 
-def current_champion(client, name: str):
-    from mlflow.exceptions import MlflowException
+@dataclass(frozen=True)
+class Evaluation:
+    """Every variant's results and the one chosen by validation."""
 
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    variants: dict[str, VariantEvaluation]
+    chosen: str
+
+    @property
+    def best(self) -> VariantEvaluation:
+        return self.variants[self.chosen]
 
 
-def register(
-    client,
+def evaluate_variant(
+    model: keras.Model, *, val: Labelled, test: Labelled, class_names: tuple[str, ...]
+) -> VariantEvaluation:
+    """Score one model on validation and test; the classification report is on test."""
+    scores = {
+        split: score(np.asarray(model.predict(x, batch_size=1024, verbose=0)), labels)
+        for split, (x, labels) in (("val", val), ("test", test))
+    }
+    report, report_text, confusion = classification_report(
+        test[1], scores["test"].predictions, class_names
+    )
+    metrics = contracts.VariantMetrics(
+        val_accuracy=scores["val"].accuracy,
+        val_loss=scores["val"].loss,
+        test_accuracy=scores["test"].accuracy,
+        test_loss=scores["test"].loss,
+        test_macro_f1=report["macro avg"]["f1-score"],
+    )
+    return VariantEvaluation(metrics, scores["test"], report, report_text, confusion)
+
+
+def evaluate(
     *,
-    name: str,
-    run_id: str,
-    model_uri: str,
-    tags: dict[str, str],
-    description: str,
-    test_accuracy: float,
-    champion_test_accuracy: float | None,
-    min_improvement: float,
-) -> Registration:
-    """Register (or reuse) the version for `run_id` and apply the promotion gate.
+    models: Mapping[str, keras.Model],
+    val: Labelled,
+    test: Labelled,
+    class_names: tuple[str, ...],
+    select_by: str,
+) -> Evaluation:
+    """Score every variant's model on validation and test and choose one by validation."""
+    variants = {}
+    for variant, model in models.items():
+        variants[variant] = evaluate_variant(model, val=val, test=test, class_names=class_names)
+        metrics = variants[variant].metrics
+        log.info(
+            "%s: val_accuracy %.4f  test_accuracy %.4f  test_loss %.4f",
+            variant,
+            metrics.val_accuracy,
+            metrics.test_accuracy,
+            metrics.test_loss,
+        )
+    chosen = select_best(
+        {variant: result.metrics for variant, result in variants.items()}, select_by=select_by
+    )
+    return Evaluation(variants=variants, chosen=chosen)
 
-    `champion_test_accuracy` is the current champion's accuracy on the same test set, or None
-    when there is no champion yet.
-    """
-    from mlflow.exceptions import MlflowException
 
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(
-            name, description="MNIST-style image classifier; see the version tags for details."
-        )
-    version = version_for_run(client, name, run_id)
-    if version is None:
-        # A tracking server rejects a `models:/<model_id>` source unless the model id comes along.
-        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/") else None
-        version = client.create_model_version(
-            name,
-            source=model_uri,
-            run_id=run_id,
-            tags=tags,
-            description=description,
-            model_id=model_id,
-        )
-        log.info("registered %s version %s from run %s", name, version.version, run_id)
-    else:
-        log.info("run %s is already %s version %s: reusing it", run_id, name, version.version)
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version.version, key, value)
-        client.update_model_version(name, version.version, description=description)
+def check_against_training(
+    evaluation: Evaluation, trained: Mapping[str, contracts.TrainMetrics]
+) -> list[str]:
+    """Warnings for variants whose validation accuracy here is not the one `train` measured:
+    then models/<variant>/model.keras is not the model that training validated."""
+    warnings = []
+    for variant, result in evaluation.variants.items():
+        expected = trained[variant].final_val_accuracy
+        if abs(result.metrics.val_accuracy - expected) > 1e-6:
+            warnings.append(
+                f"{variant}: validation accuracy {result.metrics.val_accuracy:.6f} here, but train"
+                f" measured {expected:.6f}; model.keras is not the model train validated"
+            )
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
-    champion = current_champion(client, name)
-    if champion is not None and champion.version == version.version:
-        return Registration(
-            name, str(version.version), True, "already the champion", str(version.version)
-        )
-    if champion is None:
-        promoted, reason = True, "first version: no champion yet"
-    elif champion_test_accuracy is None:
-        promoted, reason = True, f"champion v{champion.version} cannot be scored on this test set"
-    else:
-        gain = test_accuracy - champion_test_accuracy
-        promoted = gain > 0 and gain >= min_improvement
-        comparison = (
-            f"test accuracy {test_accuracy:.4f} vs champion v{champion.version}"
-            f" {champion_test_accuracy:.4f} (gain {gain:+.4f}, needed > 0 and >= {min_improvement})"
-        )
-        reason = ("beats the champion: " if promoted else "not promoted: ") + comparison
-    if promoted:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        try:
-            challenger = client.get_model_version_by_alias(name, CHALLENGER)
-            if challenger.version == version.version:
-                client.delete_registered_model_alias(name, CHALLENGER)
-        except MlflowException:
-            pass
-        return Registration(name, str(version.version), True, reason, str(version.version))
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return Registration(name, str(version.version), False, reason, str(champion.version))
+
+def figures(
+    result: VariantEvaluation,
+    test: Labelled,
+    class_names: tuple[str, ...],
+    *,
+    title: str,
+    count: int,
+) -> dict[str, Any]:
+    """The variant's confusion matrix and most confident mistakes, by PNG file name."""
+    return {
+        "confusion_matrix.png": confusion_figure(
+            result.confusion, class_names, f"{title}: test confusion matrix"
+        ),
+        "misclassified.png": misclassified_figure(
+            test[0], test[1], result.test, class_names, count=count, title=title
+        ),
+    }
 
 
 def champion_accuracy_on(
@@ -265,13 +278,13 @@ def champion_accuracy_on(
     """
     import mlflow.keras
 
-    champion = current_champion(client, name)
+    champion = registry.champion(client, name)
     if champion is None:
         return None
     if scored and champion.run_id in scored:
         return scored[champion.run_id]
     try:
-        model = mlflow.keras.load_model(f"models:/{name}@{CHAMPION}")
+        model = mlflow.keras.load_model(registry.alias_uri(name))
         probabilities = np.asarray(model.predict(x_test, batch_size=1024, verbose=0))
     except Exception as error:  # A champion we cannot run on this data cannot block the new one.
         log.warning("cannot evaluate champion v%s on this test set (%s)", champion.version, error)
@@ -286,185 +299,229 @@ def champion_accuracy_on(
     return score(probabilities, labels_test).accuracy
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--models", type=Path, default=Path("models"))
-    parser.add_argument("--train-metrics", type=Path, default=Path("metrics/train"))
-    parser.add_argument("--out", type=Path, default=Path("models/champion.json"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
-    parser.add_argument("--plots", type=Path, default=Path("plots/evaluate"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    import keras
-    import mlflow
-
-    params = config.load(args.params)
-    if params.train is None:
-        raise SystemExit("params.yaml has no train section: nothing to evaluate")
-    settings = params.evaluate
-    meta = json.loads((args.data / "meta.json").read_text())
-    class_names = tuple(meta["class_names"])
-    splits = {}
-    for split in ("val", "test"):
-        with np.load(args.data / f"{split}.npz") as data:
-            splits[split] = (data["x"], data["labels"])
-    x_test, labels_test = splits["test"]
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    client = mlflow.MlflowClient()
-    results: dict[str, dict[str, Any]] = {}
-    for variant in params.train.variants:
-        run = json.loads((args.models / variant / "run.json").read_text())
-        model = keras.saving.load_model(args.models / variant / "model.keras", compile=False)
-        scores = {
-            split: score(np.asarray(model.predict(x, batch_size=1024, verbose=0)), labels)
-            for split, (x, labels) in splits.items()
-        }
-        report, report_text, confusion = classification_report(
-            labels_test, scores["test"].predictions, class_names
-        )
-        title = f"{meta['dataset']} {variant}"
-        confusion_png = confusion_figure(confusion, class_names, f"{title}: test confusion matrix")
-        wrong_png = misclassified_figure(
-            x_test,
-            labels_test,
-            scores["test"],
-            class_names,
-            count=settings.misclassified_examples,
-            title=title,
-        )
-        metrics = {
-            "val_accuracy": scores["val"].accuracy,
-            "val_loss": scores["val"].loss,
-            "test_accuracy": scores["test"].accuracy,
-            "test_loss": scores["test"].loss,
-            "test_macro_f1": report["macro avg"]["f1-score"],
-        }
-        with mlflow.start_run(run_id=run["run_id"]):
-            per_class = {
-                f"test_f1_{metric_key(name)}": report[name]["f1-score"] for name in class_names
-            }
-            mlflow.log_metrics(
-                {key: value for key, value in metrics.items() if key.startswith("test")} | per_class
-            )
-            mlflow.log_text(report_text, "evaluation/classification_report.txt")
-            mlflow.log_dict(report, "evaluation/classification_report.json")
-            mlflow.log_figure(confusion_png, "evaluation/confusion_matrix.png")
-            mlflow.log_figure(wrong_png, "evaluation/misclassified.png")
-        results[variant] = {
-            "run": run,
-            "metrics": metrics,
-            # Kept until the choice: the chosen variant's plots are the ones dvc.yaml declares.
-            "figures": {"confusion_matrix.png": confusion_png, "misclassified.png": wrong_png},
-            "confusion": confusion_records(labels_test, scores["test"].predictions, class_names),
-        }
-        log.info(
-            "%s: val_accuracy %.4f  test_accuracy %.4f  test_loss %.4f",
-            variant,
-            metrics["val_accuracy"],
-            metrics["test_accuracy"],
-            metrics["test_loss"],
-        )
-
-    chosen = select_best(
-        {variant: result["metrics"] for variant, result in results.items()},
-        select_by=settings.select_by,
+def version_tags(
+    evaluation: Evaluation, run: contracts.TrainedRun, meta: contracts.PreparedMeta, select_by: str
+) -> registry.VersionTags:
+    """The registry tags of the chosen variant's version: what serving needs to know."""
+    return registry.VersionTags(
+        variant=evaluation.chosen,
+        dataset=meta.dataset,
+        data_sha256=meta.content_sha256,
+        git_commit=tracking.run_tags("evaluate")["git_commit"],
+        run_id=run.run_id,
+        class_names=meta.class_names,
+        input_contract=INPUT_CONTRACT,
+        content_size=datasets.content_size(meta.dataset),
+        selected_by=select_by,
+        metrics=dataclasses.asdict(evaluation.best.metrics),
     )
-    best = results[chosen]
-    from matplotlib import pyplot
 
-    for variant, result in results.items():
-        for file_name, figure in result.pop("figures").items():
-            if variant == chosen:
-                io.save_figure(args.plots / file_name, figure)
-            else:
-                pyplot.close(figure)
-    io.write_json(args.plots / "confusion.json", best["confusion"])
-    name = params.registered_model
-    tags = {
-        "variant": chosen,
-        "dataset": meta["dataset"],
-        "data_sha256": io.digest(meta["sha256"]),
-        "git_commit": tracking.run_tags("evaluate")["git_commit"],
-        "run_id": best["run"]["run_id"],
-        "class_names": json.dumps(list(class_names)),
-        "input_contract": INPUT_CONTRACT,
-        "content_size": str(datasets.content_size(meta["dataset"])),
-        "selected_by": settings.select_by,
-    } | {key: f"{value:.6f}" for key, value in best["metrics"].items()}
-    description = (
-        f"Variant `{chosen}` trained on {meta['dataset']} (run {best['run']['run_id']}), chosen by"
-        f" {settings.select_by}. Validation accuracy {best['metrics']['val_accuracy']:.4f}, test"
-        f" accuracy {best['metrics']['test_accuracy']:.4f}. Classes: {', '.join(class_names)}."
+
+def description(
+    evaluation: Evaluation, run: contracts.TrainedRun, meta: contracts.PreparedMeta, select_by: str
+) -> str:
+    """The registered version's description, for people browsing the registry."""
+    metrics = evaluation.best.metrics
+    return (
+        f"Variant `{evaluation.chosen}` trained on {meta.dataset} (run {run.run_id}), chosen by"
+        f" {select_by}. Validation accuracy {metrics.val_accuracy:.4f}, test"
+        f" accuracy {metrics.test_accuracy:.4f}. Classes: {', '.join(meta.class_names)}."
         f" Input: {INPUT_CONTRACT}."
     )
-    registration = register(
+
+
+def register_chosen(
+    client,
+    evaluation: Evaluation,
+    *,
+    runs: Mapping[str, contracts.TrainedRun],
+    meta: contracts.PreparedMeta,
+    test: Labelled,
+    name: str,
+    settings: config.EvaluateConfig,
+) -> registry.Registration:
+    """Register the chosen variant and put it through the promotion gate."""
+    run = runs[evaluation.chosen]
+    scored = {
+        runs[variant].run_id: result.metrics.test_accuracy
+        for variant, result in evaluation.variants.items()
+    }
+    registration = registry.register(
         client,
         name=name,
-        run_id=best["run"]["run_id"],
-        model_uri=best["run"]["model_uri"],
-        tags=tags,
-        description=description,
-        test_accuracy=best["metrics"]["test_accuracy"],
-        champion_test_accuracy=champion_accuracy_on(
-            client,
-            name,
-            x_test,
-            labels_test,
-            scored={
-                result["run"]["run_id"]: result["metrics"]["test_accuracy"]
-                for result in results.values()
-            },
-        ),
+        run_id=run.run_id,
+        model_uri=run.model_uri,
+        tags=version_tags(evaluation, run, meta, settings.select_by),
+        description=description(evaluation, run, meta, settings.select_by),
+        test_accuracy=evaluation.best.metrics.test_accuracy,
+        champion_test_accuracy=champion_accuracy_on(client, name, *test, scored=scored),
         min_improvement=settings.min_improvement,
     )
     log.info(
         "chose %s by %s; %s v%s: %s",
-        chosen,
+        evaluation.chosen,
         settings.select_by,
         name,
         registration.version,
         registration.reason,
     )
+    return registration
 
-    champion = client.get_model_version(name, registration.champion_version)
-    champion_json = {
-        "registered_model": name,
-        # int: a SQLite store gives the version as an int, a tracking server as a string.
-        "version": int(champion.version),
-        "model_uri": f"models:/{name}/{champion.version}",
-        "alias_uri": f"models:/{name}@{CHAMPION}",
-        "variant": champion.tags.get("variant"),
-        "run_id": champion.run_id,
-        "class_names": json.loads(champion.tags.get("class_names", "[]")),
-        "metrics": {
-            key: float(champion.tags[key]) for key in best["metrics"] if key in champion.tags
-        },
-        "tracking_uri": tracking.tracking_uri(),
-        "candidate": {
-            "variant": chosen,
-            "version": int(registration.version),
-            "promoted": registration.promoted,
-            "reason": registration.reason,
-        },
-    }
-    io.write_json(args.out, champion_json)
-    io.write_json(
-        args.metrics,
-        {
-            "variants": {variant: result["metrics"] for variant, result in results.items()},
-            "chosen": {
-                "variant": chosen,
-                "version": int(registration.version),
-                "promoted": registration.promoted,
-            }
-            | best["metrics"],
-        },
+
+def champion_record(
+    client, registration: registry.Registration, *, chosen: str
+) -> contracts.Champion:
+    """models/champion.json: the version that is champion now, whichever evaluation made it."""
+    name = registration.name
+    version = client.get_model_version(name, registration.champion_version)
+    tags = registry.VersionTags.from_tags(version.tags)
+    return contracts.Champion(
+        registered_model=name,
+        version=int(version.version),
+        model_uri=registry.version_uri(name, version.version),
+        alias_uri=registry.alias_uri(name),
+        variant=tags.variant,
+        run_id=version.run_id,
+        class_names=tags.class_names or (),
+        metrics=tags.metrics,
+        tracking_uri=tracking.tracking_uri(),
+        candidate=contracts.Candidate(
+            variant=chosen,
+            version=int(registration.version),
+            promoted=registration.promoted,
+            reason=registration.reason,
+        ),
     )
-    log.info("champion: %s v%s -> %s", name, champion.version, args.out)
+
+
+def evaluate_metrics(
+    evaluation: Evaluation, registration: registry.Registration
+) -> contracts.EvaluateMetrics:
+    """metrics/evaluate.json: every variant's results, and the choice."""
+    chosen = contracts.Chosen(
+        variant=evaluation.chosen,
+        version=int(registration.version),
+        promoted=registration.promoted,
+        **dataclasses.asdict(evaluation.best.metrics),
+    )
+    variants = {variant: result.metrics for variant, result in evaluation.variants.items()}
+    return contracts.EvaluateMetrics(variants=variants, chosen=chosen)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The stage's command line; dvc.yaml gives every path."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the prepared data folder")
+    parser.add_argument("--models", type=Path, required=True, help="holds <variant>/ folders")
+    parser.add_argument(
+        "--train-metrics", type=Path, required=True, help="holds <variant>.json from train"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="champion.json")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics (JSON)")
+    parser.add_argument("--plots", type=Path, required=True, help="folder for the DVC plots")
+    return parser.parse_args(argv)
+
+
+def load_split(path: Path) -> Labelled:
+    with np.load(path) as data:
+        return data["x"], data["labels"]
+
+
+def record(
+    evaluation: Evaluation,
+    *,
+    runs: Mapping[str, contracts.TrainedRun],
+    test: Labelled,
+    meta: contracts.PreparedMeta,
+    plots: Path,
+    count: int,
+) -> None:
+    """Log every variant's results to its training run; the chosen one's plots go to `plots`."""
+    from matplotlib import pyplot
+
+    for variant, result in evaluation.variants.items():
+        drawn = figures(
+            result, test, meta.class_names, title=f"{meta.dataset} {variant}", count=count
+        )
+        per_class = {
+            f"test_f1_{metric_key(name)}": result.report[name]["f1-score"]
+            for name in meta.class_names
+        }
+        test_metrics = {
+            key: value
+            for key, value in dataclasses.asdict(result.metrics).items()
+            if key.startswith("test")
+        }
+        tracking.log_evaluation(
+            runs[variant].run_id,
+            metrics=test_metrics | per_class,
+            report=result.report,
+            report_text=result.report_text,
+            figures=drawn,
+        )
+        for file_name, figure in drawn.items():
+            if variant == evaluation.chosen:
+                io.save_figure(plots / file_name, figure)
+            else:
+                pyplot.close(figure)
+    best = evaluation.best
+    io.write_json(
+        plots / "confusion.json",
+        confusion_records(test[1], best.test.predictions, meta.class_names),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import keras
+
+    params = config.load(args.params)
+    if params.train is None:
+        raise SystemExit("params.yaml has no train section: nothing to evaluate")
+    variants = params.train.variants
+    meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
+    val, test = load_split(args.data / "val.npz"), load_split(args.data / "test.npz")
+    runs = {
+        v: contracts.TrainedRun.read(args.models / v / contracts.TrainedRun.file_name)
+        for v in variants
+    }
+    trained = {v: contracts.TrainMetrics.read(args.train_metrics / f"{v}.json") for v in variants}
+    models = {
+        v: keras.saving.load_model(args.models / v / "model.keras", compile=False) for v in variants
+    }
+
+    evaluation = evaluate(
+        models=models,
+        val=val,
+        test=test,
+        class_names=meta.class_names,
+        select_by=params.evaluate.select_by,
+    )
+    check_against_training(evaluation, trained)
+    client = tracking.connect()
+    record(
+        evaluation,
+        runs=runs,
+        test=test,
+        meta=meta,
+        plots=args.plots,
+        count=params.evaluate.misclassified_examples,
+    )
+    registration = register_chosen(
+        client,
+        evaluation,
+        runs=runs,
+        meta=meta,
+        test=test,
+        name=params.registered_model,
+        settings=params.evaluate,
+    )
+    champion = champion_record(client, registration, chosen=evaluation.chosen)
+    champion.write(args.out)
+    evaluate_metrics(evaluation, registration).write(args.metrics)
+    log.info("champion: %s v%s -> %s", champion.registered_model, champion.version, args.out)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_bytes(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode())
+    """Indented JSON in the value's own key order; UTF-8, so class names stay readable."""
+    text = json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+    write_bytes(path, text.encode())
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

@@ -2,21 +2,21 @@
 
 Reads the raw IDX files and manifest that `download` wrote and writes `train.npz`, `val.npz`,
 `test.npz` (x: float32 (N, 28, 28) in [0, 1]; y: float32 one-hot (N, C); labels: int (N,);
-class_names) plus `meta.json`, the class counts as DVC metrics and a sample grid as a DVC plot.
+class_names) plus `meta.json` (contracts.PreparedMeta), the class counts as DVC metrics and a
+sample grid as a DVC plot.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import config, datasets, idx, io
+from pipeline import config, contracts, datasets, idx, io
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -178,17 +178,17 @@ def sample_grid(split: Split, class_names: tuple[str, ...], *, per_class: int = 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/prepare.json"))
-    parser.add_argument("--plot", type=Path, default=Path("plots/prepare/samples.png"))
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--raw", type=Path, required=True, help="download's folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the prepared splits")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics (JSON)")
+    parser.add_argument("--plot", type=Path, required=True, help="sample grid (PNG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     params = config.load(args.params).prepare
-    manifest = json.loads((args.raw / "manifest.json").read_text())
-    class_names = tuple(manifest["class_names"])
+    manifest = contracts.RawManifest.read(args.raw / contracts.RawManifest.file_name)
+    class_names = manifest.class_names
     raw = {role: idx.read(args.raw / name) for role, name in datasets.FILES.items()}
     splits = prepare(
         **raw, num_classes=len(class_names), val_fraction=params.val_fraction, seed=params.seed
@@ -205,16 +205,15 @@ def main(argv: list[str] | None = None) -> None:
         log.info(
             "%s: x %s y %s -> %s", name, split.x.shape, split.y.shape, args.out / f"{name}.npz"
         )
-    meta = {
-        "dataset": manifest["dataset"],
-        "source": manifest["source"],
-        "class_names": list(class_names),
-        "sha256": {role: entry["sha256"] for role, entry in manifest["files"].items()},
-        "counts": {name: len(split.labels) for name, split in splits.items()},
-        "val_fraction": params.val_fraction,
-        "seed": params.seed,
-    }
-    io.write_json(args.out / "meta.json", meta)
+    contracts.PreparedMeta(
+        dataset=manifest.dataset,
+        source=manifest.source,
+        class_names=class_names,
+        sha256=manifest.sha256,
+        counts={name: len(split.labels) for name, split in splits.items()},
+        val_fraction=params.val_fraction,
+        seed=params.seed,
+    ).write(args.out / contracts.PreparedMeta.file_name)
     io.write_json(args.metrics, class_counts(splits, class_names))
     io.save_figure(args.plot, sample_grid(splits["train"], class_names))
     log.info("class counts -> %s; sample grid -> %s", args.metrics, args.plot)

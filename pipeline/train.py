@@ -1,22 +1,27 @@
 """Stage `train`: fit one model variant on `train`, validate on `val`, track it in MLflow.
 
-Writes `models/<variant>/model.keras`, `models/<variant>/run.json` (MLflow run id and model URI),
-the final metrics as DVC metrics and the per-epoch history as a CSV for `dvc plots`.
+`train()` fits and returns; `main()` reads the prepared data, records the run through `tracking`
+and writes `models/<variant>/model.keras`, `models/<variant>/run.json` (contracts.TrainedRun:
+MLflow run id and model URI), the final metrics as DVC metrics (contracts.TrainMetrics) and the
+per-epoch history as a CSV for `dvc plots`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import config, io, tracking
+from pipeline import config, contracts, io, tracking
 from pipeline.config import FitConfig, VariantConfig
 
 if TYPE_CHECKING:
@@ -30,16 +35,6 @@ def load_split(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(x, y, class_names) of a prepared split."""
     with np.load(path) as data:
         return data["x"], data["y"], tuple(str(name) for name in data["class_names"])
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> {"a.b": value}, for MLflow params."""
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat |= flatten(item, f"{prefix}{key}.")
-        return flat
-    return {prefix.rstrip("."): value}
 
 
 def learning_rate(fit: FitConfig, steps_per_epoch: int):
@@ -161,19 +156,6 @@ def fit_model(
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 
 
-def pip_requirements() -> list[str]:
-    """Pinned requirements for the logged model; listing them saves MLflow seconds of inference."""
-    from importlib import metadata
-
-    requirements = []
-    for name in ("tensorflow-cpu", "tensorflow", "keras", "numpy", "mlflow"):
-        try:
-            requirements.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            continue
-    return requirements
-
-
 def curves_figure(history: dict[str, list[float]], title: str):
     import matplotlib
 
@@ -194,21 +176,27 @@ def curves_figure(history: dict[str, list[float]], title: str):
     return figure
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A fitted variant: the model, its per-epoch history, how it ended, the device it used."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    metrics: contracts.TrainMetrics
+    device: dict[str, str]
+
+
 def train(
     *,
-    variant: str,
     variant_config: VariantConfig,
-    data_info: dict[str, Any],
     x_train: np.ndarray,
     y_train: np.ndarray,
     x_val: np.ndarray,
     y_val: np.ndarray,
-) -> tuple[keras.Model, dict[str, Any]]:
-    """Build, fit and track one variant in an MLflow run; return the model and a run summary."""
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> Trained:
+    """Build, compile and fit one variant from its seed; `on_epoch(epoch, logs)` sees each epoch."""
     import keras
-    import mlflow
-    import mlflow.keras
-    from mlflow.models import infer_signature
 
     from pipeline import devices, models
 
@@ -217,76 +205,57 @@ def train(
     device = devices.configure(mixed_precision=fit.mixed_precision)
     model = models.build(variant_config.model, num_classes=y_train.shape[1])
     compile_model(model, fit, train_size=len(x_train))
+    started = time.perf_counter()
+    history = fit_model(
+        model,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        fit=fit,
+        on_epoch=on_epoch,
+    )
+    seconds = time.perf_counter() - started
+    val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=1024, verbose=0)
+    metrics = contracts.TrainMetrics(
+        final_val_loss=float(val_loss),
+        final_val_accuracy=float(val_accuracy),
+        epochs_run=len(history["loss"]),
+        train_seconds=seconds,
+        best_val_accuracy=max(history["val_accuracy"]),
+    )
+    return Trained(model=model, history=history, metrics=metrics, device=device)
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    client = mlflow.MlflowClient()
-    experiment_id = tracking.get_or_create_experiment(client, data_info["dataset"])
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=variant, tags=tracking.run_tags(f"train@{variant}")
-    ) as run:
-        params = flatten(dataclasses.asdict(variant_config)) | flatten({"data": data_info})
-        params |= {"variant": variant, "train_size": len(x_train), "val_size": len(x_val)}
-        params |= {"model.parameters": model.count_params()} | device
-        mlflow.log_params(params)
 
-        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
-            mlflow.log_metrics(
-                {key: logs[key] for key in HISTORY_KEYS}, step=epoch, synchronous=False
-            )
-            log.info(
-                "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs",
-                epoch + 1,
-                fit.epochs,
-                logs["loss"],
-                logs["accuracy"],
-                logs["val_loss"],
-                logs["val_accuracy"],
-                logs["epoch_seconds"],
-            )
-
-        started = time.perf_counter()
-        history = fit_model(
-            model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            fit=fit,
-            on_epoch=on_epoch,
-        )
-        seconds = time.perf_counter() - started
-        val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=1024, verbose=0)
-        summary_metrics = {
-            "final_val_loss": float(val_loss),
-            "final_val_accuracy": float(val_accuracy),
-            "epochs_run": len(history["loss"]),
-            "train_seconds": seconds,
-        }
-        mlflow.log_metrics(summary_metrics)
-
-        lines: list[str] = []
-        model.summary(print_fn=lines.append)
-        mlflow.log_text("\n".join(lines), "model_summary.txt")
-        mlflow.log_figure(
-            curves_figure(history, f"{data_info['dataset']} {variant}"), "training_curves.png"
-        )
-        probabilities = model.predict(x_val[:8], verbose=0)
-        model_info = mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=infer_signature(x_val[:8], probabilities),
-            pip_requirements=pip_requirements(),
-        )
-    summary = {
-        "variant": variant,
-        "run_id": run.info.run_id,
-        "experiment_id": experiment_id,
-        "model_uri": model_info.model_uri,
-        "tracking_uri": tracking.tracking_uri(),
-        "history": history,
-        "metrics": summary_metrics,
+def run_params(
+    variant: str, variant_config: VariantConfig, meta: contracts.PreparedMeta, **sizes: int
+) -> dict[str, Any]:
+    """The MLflow params of a training run: the variant's config and the data, flattened."""
+    data = {
+        "dataset": meta.dataset,
+        "source": meta.source.kind,
+        "sha256": json.dumps(meta.sha256, sort_keys=True),
+        "content_sha256": meta.content_sha256,
+        "val_fraction": meta.val_fraction,
+        "split_seed": meta.seed,
     }
-    return model, summary
+    params = tracking.flatten(dataclasses.asdict(variant_config)) | tracking.flatten({"data": data})
+    return params | {"variant": variant} | sizes
+
+
+def report_epoch(epoch: int, logs: dict[str, float], *, epochs: int) -> None:
+    """Record one epoch in the active MLflow run and show progress."""
+    tracking.log_epoch(epoch, logs, HISTORY_KEYS)
+    log.info(
+        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs",
+        epoch + 1,
+        epochs,
+        logs["loss"],
+        logs["accuracy"],
+        logs["val_loss"],
+        logs["val_accuracy"],
+        logs["epoch_seconds"],
+    )
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
@@ -298,61 +267,71 @@ def history_csv(history: dict[str, list[float]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The stage's command line; dvc.yaml gives every path."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", required=True)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, default=Path("data/prepared"))
-    parser.add_argument("--out", type=Path, help="default: models/<variant>")
-    parser.add_argument("--metrics", type=Path, help="default: metrics/train/<variant>.json")
-    parser.add_argument("--plots", type=Path, help="default: plots/train/<variant>.csv")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or Path("models") / args.variant
-    metrics_path = args.metrics or Path("metrics/train") / f"{args.variant}.json"
-    plots_path = args.plots or Path("plots/train") / f"{args.variant}.csv"
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="the prepared data folder")
+    parser.add_argument("--out", type=Path, required=True, help="model.keras and run.json")
+    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics (JSON)")
+    parser.add_argument("--plots", type=Path, required=True, help="per-epoch history (CSV)")
+    return parser.parse_args(argv)
 
-    params = config.load(args.params)
-    if params.train is None or args.variant not in params.train.models:
+
+def variant_config_of(params: config.Params, variant: str) -> VariantConfig:
+    """The config of `variant`; SystemExit naming the known ones if train.models lacks it."""
+    if params.train is None or variant not in params.train.models:
         known = sorted(params.train.models) if params.train else []
-        raise SystemExit(f"variant {args.variant!r} is not defined in train.models; known: {known}")
-    variant_config = params.train.models[args.variant]
-    meta = json.loads((args.data / "meta.json").read_text())
-    data_info = {
-        "dataset": meta["dataset"],
-        "source": meta["source"]["kind"],
-        "sha256": json.dumps(meta["sha256"], sort_keys=True),
-        "content_sha256": io.digest(meta["sha256"]),
-        "val_fraction": meta["val_fraction"],
-        "split_seed": meta["seed"],
-    }
+        raise SystemExit(f"variant {variant!r} is not defined in train.models; known: {known}")
+    return params.train.models[variant]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    variant_config = variant_config_of(config.load(args.params), args.variant)
+    meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
     x_train, y_train, _ = load_split(args.data / "train.npz")
     x_val, y_val, _ = load_split(args.data / "val.npz")
     log.info("variant %s: train %s, val %s", args.variant, x_train.shape, x_val.shape)
 
-    model, summary = train(
+    with tracking.training_run(
+        experiment=meta.dataset, run_name=args.variant, stage=f"train@{args.variant}"
+    ) as run:
+        sizes = {"train_size": len(x_train), "val_size": len(x_val)}
+        tracking.log_params(run_params(args.variant, variant_config, meta, **sizes))
+        trained = train(
+            variant_config=variant_config,
+            x_train=x_train,
+            y_train=y_train,
+            x_val=x_val,
+            y_val=y_val,
+            on_epoch=functools.partial(report_epoch, epochs=variant_config.fit.epochs),
+        )
+        tracking.log_params({"model.parameters": trained.model.count_params()} | trained.device)
+        model_uri = tracking.log_trained_model(
+            trained.model,
+            metrics=dataclasses.asdict(trained.metrics),
+            figure=curves_figure(trained.history, f"{meta.dataset} {args.variant}"),
+            example=x_val[:8],
+        )
+    io.save_keras(args.out / "model.keras", trained.model)
+    contracts.TrainedRun(
         variant=args.variant,
-        variant_config=variant_config,
-        data_info=data_info,
-        x_train=x_train,
-        y_train=y_train,
-        x_val=x_val,
-        y_val=y_val,
-    )
-    io.save_keras(out / "model.keras", model)
-    io.write_json(
-        out / "run.json", {key: value for key, value in summary.items() if key != "history"}
-    )
-    io.write_json(
-        metrics_path,
-        summary["metrics"] | {"best_val_accuracy": max(summary["history"]["val_accuracy"])},
-    )
-    io.write_bytes(plots_path, history_csv(summary["history"]).encode())
+        run_id=run.run_id,
+        experiment_id=run.experiment_id,
+        model_uri=model_uri,
+        tracking_uri=tracking.tracking_uri(),
+        metrics=trained.metrics,
+    ).write(args.out / contracts.TrainedRun.file_name)
+    trained.metrics.write(args.metrics)
+    io.write_bytes(args.plots, history_csv(trained.history).encode())
     log.info(
         "model -> %s; MLflow run %s; metrics -> %s",
-        out / "model.keras",
-        summary["run_id"],
-        metrics_path,
+        args.out / "model.keras",
+        run.run_id,
+        args.metrics,
     )
 
 

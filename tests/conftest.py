@@ -1,54 +1,22 @@
-"""Shared fixtures: tiny prepared data, a git workspace, real MLflow stores (SQLite, server)."""
+"""Shared fixtures: tiny prepared data, a git workspace, real MLflow stores (SQLite, server).
+
+Fixtures only; what they are built from lives in `tests/support`.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline import prepare
-from tests.support import servers, synthetic
+from tests.support import registry, servers, synthetic
+from tests.support.workspace import Workspace, init_repository
 
-DATASET = "synthetic"
 SERVER_START_TIMEOUT = 120.0
-
-# Two small variants that learn the synthetic task in a few epochs; tests copy and change them.
-TINY_VARIANTS = {
-    "mlp": {
-        "model": {"architecture": "mlp", "dense": [32], "batch_norm": True, "dropout": 0.1},
-        "fit": {
-            "learning_rate": 0.01,
-            "schedule": "cosine",
-            "warmup_epochs": 1,
-            "batch_size": 32,
-            "epochs": 3,
-            "seed": 1,
-        },
-    },
-    "cnn": {
-        "model": {
-            "architecture": "cnn",
-            "conv_blocks": [{"filters": 4, "kernel_size": 3, "pool": True, "dropout": 0.1}],
-            "dense": [16],
-        },
-        "fit": {"learning_rate": 0.01, "batch_size": 32, "epochs": 3, "seed": 1},
-    },
-}
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """A temporary project folder that is the working directory and a git repository."""
-
-    root: Path
-    commit: str
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +27,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     root = tmp_path_factory.mktemp("prepared-data")
     raw = root / "raw"
-    paths = synthetic.write_dataset(raw, n_train=200, n_test=50, gz=False)
-    manifest = {
-        "dataset": DATASET,
-        "source": {"kind": "local_dir", "location": str(raw)},
-        "class_names": list(synthetic.CLASS_NAMES),
-        "files": {role: {"sha256": f"sha-{role}"} for role in paths},
-    }
-    (raw / "manifest.json").write_text(json.dumps(manifest))
+    synthetic.write_raw(raw, n_train=200, n_test=50)
     (root / "params.yaml").write_text("prepare:\n  val_fraction: 0.2\n  seed: 3\n")
     out = root / "prepared"
     prepare.main(
@@ -81,22 +42,6 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_params(path: Path, *, variants=("mlp", "cnn"), models=None, evaluate=None) -> Path:
-    """A params.yaml with the tiny variants (or `models`) and the given `evaluate` section."""
-    params = {
-        "train": {"variants": list(variants), "models": models or TINY_VARIANTS},
-        "evaluate": {"registered_model": "synthetic-classifier", "misclassified_examples": 10}
-        | (evaluate or {}),
-    }
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
-
-
-def _git(root: Path, *args: str) -> str:
-    command = ["git", "-c", "user.name=tests", "-c", "user.email=tests@example.invalid", *args]
-    return subprocess.run(command, cwd=root, check=True, capture_output=True, text=True).stdout
-
-
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """tmp_path as the working directory, a git repository with one clean commit.
@@ -104,12 +49,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     Stages find the project root (where an embedded store keeps its artefacts) and the git facts
     they tag runs with from the working directory, so they must not see this repository.
     """
-    _git(tmp_path, "init", "--quiet")
-    (tmp_path / "README").write_text("test workspace\n")
-    _git(tmp_path, "add", "README")
-    _git(tmp_path, "commit", "--quiet", "-m", "test workspace")
     monkeypatch.chdir(tmp_path)
-    return Workspace(root=tmp_path, commit=_git(tmp_path, "rev-parse", "HEAD").strip())
+    return init_repository(tmp_path)
 
 
 @pytest.fixture(scope="session")
@@ -175,3 +116,24 @@ def tracking_store(
     _use_tracking_uri(uri, monkeypatch)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def untrained_model():
+    """A tiny untrained Keras MLP over 28x28 images with 10 classes (its outputs are fixed)."""
+    from pipeline import models
+    from pipeline.config import ModelConfig
+
+    return models.build_mlp(ModelConfig(architecture="mlp"), num_classes=10)
+
+
+@pytest.fixture
+def model_registry(sqlite_store: str, untrained_model) -> registry.Registry:
+    """A real registry on a fresh SQLite store, and runs to register."""
+    import mlflow
+
+    from pipeline import tracking
+
+    client = mlflow.MlflowClient(sqlite_store)
+    experiment_id = tracking.get_or_create_experiment(client, "registry")
+    return registry.Registry(client, untrained_model, experiment_id)

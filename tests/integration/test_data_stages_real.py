@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import download, prepare
+from pipeline import contracts, download, prepare
 
 SYSTEM_FASHION = download.SYSTEM_ROOT / "fashion-mnist"
 
@@ -25,8 +25,9 @@ def test_download_then_prepare_full_fashion_mnist(tmp_path: Path):
     params = tmp_path / "params.yaml"
     params.write_text("data:\n  dataset: fashion_mnist\nprepare:\n  val_fraction: 0.1\n")
     raw, prepared = tmp_path / "raw", tmp_path / "prepared"
-    assert download.main([f"--params={params}", f"--out={raw}"]) == 0
-    assert json.loads((raw / "manifest.json").read_text())["source"]["kind"] == "system"
+    argv = [f"--params={params}", f"--out={raw}", f"--system-root={download.SYSTEM_ROOT}"]
+    assert download.main(argv) == 0
+    assert contracts.RawManifest.read(raw / "manifest.json").source.kind == "system"
     prepare.main(
         [
             f"--params={params}",
@@ -36,13 +37,13 @@ def test_download_then_prepare_full_fashion_mnist(tmp_path: Path):
             f"--plot={tmp_path / 'samples.png'}",
         ]
     )
-    meta = json.loads((prepared / "meta.json").read_text())
-    assert meta["counts"] == {"train": 54000, "val": 6000, "test": 10000}
-    assert meta["class_names"][0] == "T-shirt/top" and meta["class_names"][9] == "Ankle boot"
+    meta = contracts.PreparedMeta.read(prepared / "meta.json")
+    assert meta.counts == {"train": 54000, "val": 6000, "test": 10000}
+    assert meta.class_names[0] == "T-shirt/top" and meta.class_names[9] == "Ankle boot"
     counts = json.loads((tmp_path / "prepare.json").read_text())
     # Fashion-MNIST is balanced, and the stratified split keeps it so: 5,400 / 600 / 1,000.
     for split, per_class in (("train", 5400), ("val", 600), ("test", 1000)):
-        assert [counts[split][name] for name in meta["class_names"]] == [per_class] * 10
+        assert [counts[split][name] for name in meta.class_names] == [per_class] * 10
     with np.load(prepared / "val.npz") as val:
         assert val["x"].dtype == np.float32 and val["x"].shape == (6000, 28, 28)
         assert float(val["x"].min()) >= 0.0 and float(val["x"].max()) == 1.0

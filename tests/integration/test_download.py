@@ -6,10 +6,8 @@ import dataclasses
 import gzip
 import hashlib
 import http.server
-import json
 import os
 import shutil
-import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, datasets, download, idx, io
-from tests.support import synthetic
+from pipeline import config, contracts, datasets, download, idx, io
+from tests.support import servers, synthetic
 
 ROLES = tuple(datasets.FILES)
 
@@ -71,10 +69,7 @@ def mirror(tmp_path: Path):
 
 
 def _closed_port_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{servers.free_port()}/"
 
 
 def _md5(path: Path) -> str:
@@ -142,22 +137,20 @@ def test_mirror_download_writes_verified_files_and_manifest(mirror: Mirror, tmp_
         assert hashlib.sha256(content).hexdigest() == expected_sha256[role]
         np.testing.assert_array_equal(idx.read(out / base), idx.read(mirror.originals[role]))
 
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = contracts.RawManifest.read(out / "manifest.json")
     assert manifest == fetched.manifest
-    assert manifest["dataset"] == "synthetic"
-    assert manifest["class_names"] == list(synthetic.CLASS_NAMES)
-    assert manifest["source"] == {"kind": "mirror", "location": mirror.url + "good/"}
+    assert manifest.dataset == "synthetic"
+    assert manifest.class_names == synthetic.CLASS_NAMES
+    assert manifest.source == contracts.Source("mirror", mirror.url + "good/")
     # The system folder comes first and is absent here, so it is recorded as tried.
-    [system] = manifest["tried"]
-    assert system["source"]["kind"] == "system"
-    assert "is not a folder" in system["error"]
-    assert manifest["counts"] == {"train": 40, "test": 20}
-    assert manifest["files"]["train_images"] == {
-        "file": "train-images-idx3-ubyte",
-        "sha256": expected_sha256["train_images"],
-        "shape": [40, 28, 28],
-    }
-    assert manifest["files"]["test_labels"]["shape"] == [20]
+    [system] = manifest.tried
+    assert system.source.kind == "system"
+    assert "is not a folder" in system.error
+    assert manifest.counts == {"train": 40, "test": 20}
+    assert manifest.files["train_images"] == contracts.RawFile(
+        file="train-images-idx3-ubyte", sha256=expected_sha256["train_images"], shape=(40, 28, 28)
+    )
+    assert manifest.files["test_labels"].shape == (20,)
 
 
 def _replace_labels(folder: Path) -> None:
@@ -222,11 +215,11 @@ def test_second_mirror_is_used_when_the_first_fails(mirror: Mirror, tmp_path: Pa
     dataset = _dataset(first_url, mirror.url + "good/", archives=mirror.originals)
     fetched = _fetch(dataset, tmp_path, timeout=0.5)
     manifest = fetched.manifest
-    assert manifest["source"] == {"kind": "mirror", "location": mirror.url + "good/"}
-    assert [attempt["source"]["kind"] for attempt in manifest["tried"]] == ["system", "mirror"]
-    assert manifest["tried"][1]["source"]["location"] == first_url
-    assert reason in manifest["tried"][1]["error"]
-    assert "train-images-idx3-ubyte.gz" in manifest["tried"][1]["error"]
+    assert manifest.source == contracts.Source("mirror", mirror.url + "good/")
+    assert [attempt.source.kind for attempt in manifest.tried] == ["system", "mirror"]
+    assert manifest.tried[1].source.location == first_url
+    assert reason in manifest.tried[1].error
+    assert "train-images-idx3-ubyte.gz" in manifest.tried[1].error
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
@@ -243,9 +236,9 @@ def test_local_dir_is_the_only_source_when_set(mirror: Mirror, tmp_path: Path, g
         system_root=tmp_path / "no-system-root",
         timeout=1.0,
     )
-    assert fetched.manifest["source"] == {"kind": "local_dir", "location": str(local)}
-    assert fetched.manifest["tried"] == []
-    assert fetched.manifest["counts"] == {"train": 30, "test": 10}
+    assert fetched.manifest.source == contracts.Source("local_dir", str(local))
+    assert fetched.manifest.tried == ()
+    assert fetched.manifest.counts == {"train": 30, "test": 10}
     for role, path in paths.items():
         assert fetched.files[role] == idx.read_bytes(path)
 
@@ -259,7 +252,7 @@ def test_local_dir_accepts_mixed_plain_and_gz_files(tmp_path: Path):
     dataset = _dataset(archives=synthetic.write_dataset(tmp_path / "other", seed=5))
     fetched = _fetch(dataset, tmp_path, local_dir=local)
     # A local folder may hold any MNIST-format data, so the published digests do not apply.
-    assert fetched.manifest["source"]["kind"] == "local_dir"
+    assert fetched.manifest.source.kind == "local_dir"
     assert fetched.files["test_images"] == plain.read_bytes()
 
 
@@ -287,12 +280,9 @@ def test_system_folder_is_used_before_the_mirrors(tmp_path: Path):
     assert dataset.archive_md5 != {role: _md5(path) for role, path in files.items()}
 
     fetched = _fetch(dataset, tmp_path, system_root=system_root)
-    assert fetched.manifest["source"] == {
-        "kind": "system",
-        "location": str(system_root / "synthetic"),
-    }
-    assert fetched.manifest["tried"] == []
-    assert fetched.manifest["counts"] == {"train": 20, "test": 10}
+    assert fetched.manifest.source == contracts.Source("system", str(system_root / "synthetic"))
+    assert fetched.manifest.tried == ()
+    assert fetched.manifest.counts == {"train": 20, "test": 10}
 
 
 def test_system_folder_with_other_content_falls_back_to_a_mirror(mirror: Mirror, tmp_path: Path):
@@ -300,10 +290,10 @@ def test_system_folder_with_other_content_falls_back_to_a_mirror(mirror: Mirror,
     synthetic.write_dataset(system_root / "synthetic", seed=3)
     dataset = _dataset(mirror.url + "good/", archives=mirror.originals)
     manifest = _fetch(dataset, tmp_path, system_root=system_root).manifest
-    assert manifest["source"]["kind"] == "mirror"
-    [system] = manifest["tried"]
-    assert system["source"] == {"kind": "system", "location": str(system_root / "synthetic")}
-    assert "train-images-idx3-ubyte.gz: sha256 of the decompressed content" in system["error"]
+    assert manifest.source.kind == "mirror"
+    [system] = manifest.tried
+    assert system.source == contracts.Source("system", str(system_root / "synthetic"))
+    assert "train-images-idx3-ubyte.gz: sha256 of the decompressed content" in system.error
 
 
 def test_every_source_failing_lists_each_and_says_how_to_fix_it(mirror: Mirror, tmp_path: Path):
@@ -379,11 +369,11 @@ def test_main_end_to_end_from_a_mirror(mirror: Mirror, tmp_path: Path, monkeypat
     assert f"from mirror {mirror.url}good/" in stdout
     assert "shape (40, 28, 28)" in stdout
     assert str(out) in stdout
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["source"]["kind"] == "mirror"
-    assert manifest["counts"] == {"train": 40, "test": 20}
-    for entry in manifest["files"].values():
-        assert hashlib.sha256((out / entry["file"]).read_bytes()).hexdigest() == entry["sha256"]
+    manifest = contracts.RawManifest.read(out / "manifest.json")
+    assert manifest.source.kind == "mirror"
+    assert manifest.counts == {"train": 40, "test": 20}
+    for entry in manifest.files.values():
+        assert hashlib.sha256((out / entry.file).read_bytes()).hexdigest() == entry.sha256
 
 
 def test_main_with_an_unknown_dataset_from_local_dir(tmp_path: Path, capsys):
@@ -394,11 +384,12 @@ def test_main_with_an_unknown_dataset_from_local_dir(tmp_path: Path, capsys):
         tmp_path, {"dataset": "kmnist", "local_dir": str(local), "class_names": class_names}
     )
     out = tmp_path / "raw"
-    assert download.main(["--params", str(params), "--out", str(out)]) == 0
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["dataset"] == "kmnist"
-    assert manifest["class_names"] == class_names
-    assert manifest["source"] == {"kind": "local_dir", "location": str(local)}
+    argv = ["--params", str(params), "--out", str(out), "--system-root", str(tmp_path)]
+    assert download.main(argv) == 0
+    manifest = contracts.RawManifest.read(out / "manifest.json")
+    assert manifest.dataset == "kmnist"
+    assert manifest.class_names == tuple(class_names)
+    assert manifest.source == contracts.Source("local_dir", str(local))
 
 
 def test_main_reports_failure_on_stderr(tmp_path: Path, capsys):
@@ -406,7 +397,8 @@ def test_main_reports_failure_on_stderr(tmp_path: Path, capsys):
         tmp_path,
         {"dataset": "kmnist", "local_dir": str(tmp_path / "nowhere"), "class_names": ["a"]},
     )
-    assert download.main(["--params", str(params), "--out", str(tmp_path / "raw")]) == 1
+    argv = ["--params", str(params), "--out", str(tmp_path / "raw"), "--system-root", "/nowhere"]
+    assert download.main(argv) == 1
     stderr = capsys.readouterr().err
     assert f"local_dir {tmp_path / 'nowhere'}: " in stderr
     assert "is not a folder" in stderr
@@ -462,10 +454,10 @@ def test_real_fashion_mnist_from_the_system_folder(tmp_path: Path):
         dataset, class_names=dataset.class_names, local_dir=None, system_root=system_root
     )
     manifest = fetched.manifest
-    assert manifest["source"]["kind"] == "system"
-    assert manifest["counts"] == {"train": 60000, "test": 10000}
+    assert manifest.source.kind == "system"
+    assert manifest.counts == {"train": 60000, "test": 10000}
     out = tmp_path / "raw"
     download.write(fetched, out)
     for role, base in datasets.FILES.items():
         digest = hashlib.sha256((out / base).read_bytes()).hexdigest()
-        assert digest == dataset.content_sha256[role] == manifest["files"][role]["sha256"]
+        assert digest == dataset.content_sha256[role] == manifest.files[role].sha256

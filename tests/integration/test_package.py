@@ -7,7 +7,6 @@ registered with the tags `pipeline.evaluate` sets; each test gets an empty Bento
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline.registry import VersionTags
 from serving import package
 from tests.support import bento, shapes
 from tests.support.shapes import SHAPES
@@ -43,17 +43,19 @@ class Registry:
 
 
 def evaluate_tags(*, dataset: str, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
-    """The tags `pipeline.evaluate` puts on a registered version."""
-    return {
-        "variant": "mlp",
-        "dataset": dataset,
-        "data_sha256": "0" * 64,
-        "git_commit": "1" * 40,
-        "run_id": run_id,
-        "class_names": json.dumps(list(SHAPES)),
-        "input_contract": "28x28 grayscale image as float32 in [0, 1], shape (N, 28, 28)",
-        "selected_by": "val_accuracy",
-    } | {key: f"{value:.6f}" for key, value in metrics.items()}
+    """Tags as `pipeline.evaluate` puts them on a registered version (content_size left out, as
+    on versions registered before it existed: packaging derives it from the dataset)."""
+    return VersionTags(
+        variant="mlp",
+        dataset=dataset,
+        data_sha256="0" * 64,
+        git_commit="1" * 40,
+        run_id=run_id,
+        class_names=SHAPES,
+        input_contract="28x28 grayscale image as float32 in [0, 1], shape (N, 28, 28)",
+        selected_by="val_accuracy",
+        metrics=metrics,
+    ).as_tags()
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,13 @@
-"""Stage `train` end to end on tiny prepared data: MLflow run, logged model, DVC outputs.
+"""Stage `train`: fitting on the learnable synthetic task, and the whole stage on tiny prepared
+data (MLflow run, logged model, DVC outputs).
 
-Runs against a SQLite store and (slow) against a real `mlflow server` over HTTP.
+The stage runs against a SQLite store and (slow) against a real `mlflow server` over HTTP.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,8 +17,10 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import io, train
-from tests.conftest import DATASET, Workspace, write_params
+from pipeline import config, contracts, models, prepare, train
+from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
+from tests.support import synthetic
+from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, write_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -55,15 +59,16 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     experiment = client.get_experiment_by_name(DATASET)
     assert experiment is not None
     assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
-    run_json = json.loads((paths["out"] / "run.json").read_text())
-    run = client.get_run(run_json["run_id"])
-    assert run.info.experiment_id == experiment.experiment_id == run_json["experiment_id"]
+    run_json = contracts.TrainedRun.read(paths["out"] / "run.json")
+    run = client.get_run(run_json.run_id)
+    assert run.info.experiment_id == experiment.experiment_id == run_json.experiment_id
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "mlp"
-    assert run_json["tracking_uri"] == tracking_store
+    assert run_json.variant == "mlp"
+    assert run_json.tracking_uri == tracking_store
 
     # Params: the variant's config, flattened, and the data it was trained on.
-    meta = json.loads((prepared / "meta.json").read_text())
+    meta = contracts.PreparedMeta.read(prepared / "meta.json")
     params = run.data.params
     assert params["variant"] == "mlp"
     assert params["model.architecture"] == "mlp"
@@ -73,8 +78,8 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     assert params["fit.schedule"] == "cosine"
     assert params["fit.epochs"] == "3"
     assert params["data.dataset"] == DATASET
-    assert params["data.content_sha256"] == io.digest(meta["sha256"])
-    assert json.loads(params["data.sha256"]) == meta["sha256"]
+    assert params["data.content_sha256"] == meta.content_sha256
+    assert json.loads(params["data.sha256"]) == meta.sha256
     assert (params["train_size"], params["val_size"]) == ("160", "40")
 
     # Tags tie the run to the commit it ran at and to its DVC stage.
@@ -101,15 +106,15 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     assert all(float(row["epoch_seconds"]) > 0 for row in rows)
 
     # Summary metrics: the same in MLflow and in the DVC metrics file.
-    metrics = json.loads(paths["metrics"].read_text())
-    assert metrics["epochs_run"] == 3
-    assert metrics["best_val_accuracy"] == pytest.approx(
+    metrics = contracts.TrainMetrics.read(paths["metrics"])
+    assert metrics.epochs_run == 3
+    assert metrics.best_val_accuracy == pytest.approx(
         max(float(row["val_accuracy"]) for row in rows), rel=1e-5
     )
-    assert metrics["final_val_accuracy"] >= 0.8
-    for key in ("final_val_loss", "final_val_accuracy", "epochs_run"):
-        assert run.data.metrics[key] == pytest.approx(metrics[key])
-    assert metrics == run_json["metrics"] | {"best_val_accuracy": metrics["best_val_accuracy"]}
+    assert metrics.final_val_accuracy >= 0.8
+    for key in ("final_val_loss", "final_val_accuracy", "epochs_run", "best_val_accuracy"):
+        assert run.data.metrics[key] == pytest.approx(getattr(metrics, key))
+    assert metrics == run_json.metrics
 
     artifacts = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
     assert {"model_summary.txt", "training_curves.png"} <= artifacts
@@ -121,7 +126,7 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     # The logged model and model.keras are the same trained model.
     with np.load(prepared / "val.npz") as data:
         x_val = data["x"]
-    logged = mlflow.keras.load_model(run_json["model_uri"])
+    logged = mlflow.keras.load_model(run_json.model_uri)
     local = keras.saving.load_model(paths["out"] / "model.keras")
     logged_probabilities = np.asarray(logged(x_val))
     assert logged_probabilities.shape == (len(x_val), 10)
@@ -132,6 +137,81 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
 
 def test_unknown_variant_is_refused(workspace: Workspace, prepared: Path):
     write_params(workspace.root / "params.yaml")
+    argv = ["--params=params.yaml", "--variant=resnet", f"--data={prepared}", "--out=models/resnet"]
+    argv += ["--metrics=metrics/resnet.json", "--plots=plots/resnet.csv"]
     with pytest.raises(SystemExit, match=r"'resnet' is not defined in train\.models"):
-        train.main(["--params=params.yaml", "--variant=resnet", f"--data={prepared}"])
+        train.main(argv)
     assert not (workspace.root / "models").exists()
+
+
+@pytest.mark.parametrize("missing", ["--out", "--metrics", "--plots", "--data", "--params"])
+def test_every_path_is_required(missing: str, capsys):
+    argv = ["--params=p.yaml", "--variant=mlp", "--data=d", "--out=o", "--metrics=m", "--plots=c"]
+    with pytest.raises(SystemExit):
+        train.parse_args([arg for arg in argv if not arg.startswith(missing + "=")])
+    assert f"the following arguments are required: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(architecture="mlp", dense=(32,), batch_norm=True, dropout=0.1),
+        ModelConfig(architecture="cnn", conv_blocks=(ConvBlockConfig(filters=4),), dense=(16,)),
+    ],
+    ids=["mlp", "cnn"],
+)
+def test_fitting_on_the_learnable_synthetic_task_lowers_the_loss(config):
+    def split(count: int, seed: int):
+        images, labels = synthetic.make_split(count, seed=seed)
+        return prepare.normalize(images), prepare.one_hot(labels, 10)
+
+    (x_train, y_train), (x_val, y_val) = split(200, seed=1), split(50, seed=2)
+    fit = FitConfig(learning_rate=0.01, batch_size=32, epochs=3, seed=0)
+    keras.utils.set_random_seed(fit.seed)
+    model = models.build(config, num_classes=10)
+    train.compile_model(model, fit, train_size=len(x_train))
+    seen = []
+    history = train.fit_model(
+        model,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        fit=fit,
+        on_epoch=lambda epoch, logs: seen.append((epoch, sorted(logs))),
+    )
+    assert {key: len(values) for key, values in history.items()} == dict.fromkeys(
+        train.HISTORY_KEYS, 3
+    )
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert all(set(train.HISTORY_KEYS) <= set(keys) for _, keys in seen)
+    assert history["learning_rate"] == pytest.approx([0.01] * 3)
+    assert history["loss"][-1] < 0.5 * history["loss"][0]
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    # Chance is 0.1; the bright square's position gives the class away.
+    assert history["val_accuracy"][-1] >= 0.8
+
+
+def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
+    """The core function alone, no MLflow: the same seed gives the same model, twice."""
+    images, labels = synthetic.make_split(120, seed=1)
+    x, y = prepare.normalize(images), prepare.one_hot(labels, 10)
+    variant = config.build(VariantConfig, TINY_VARIANTS["mlp"], "mlp")
+    seen: list[int] = []
+    first = train.train(
+        variant_config=variant,
+        x_train=x[:80],
+        y_train=y[:80],
+        x_val=x[80:],
+        y_val=y[80:],
+        on_epoch=lambda epoch, logs: seen.append(epoch),
+    )
+    again = train.train(
+        variant_config=variant, x_train=x[:80], y_train=y[:80], x_val=x[80:], y_val=y[80:]
+    )
+    assert seen == [0, 1, 2]
+    assert first.metrics.epochs_run == 3 and first.device["device"] in ("CPU", "GPU x1")
+    assert first.history["loss"] == again.history["loss"]
+    assert dataclasses.replace(first.metrics, train_seconds=0) == dataclasses.replace(
+        again.metrics, train_seconds=0
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import datasets, idx
+from pipeline import contracts, datasets, idx
 
 CLASS_NAMES = tuple(f"class_{index}" for index in range(10))
 
@@ -49,3 +50,27 @@ def write_dataset(
         idx.write(path, array)
         paths[role] = path
     return paths
+
+
+def write_raw(
+    folder: Path, *, n_train: int = 200, n_test: int = 50, dataset: str = "synthetic"
+) -> contracts.RawManifest:
+    """A `download` output folder: the four plain IDX files and the manifest describing them."""
+    paths = write_dataset(folder, n_train=n_train, n_test=n_test, gz=False)
+    manifest = contracts.RawManifest(
+        dataset=dataset,
+        class_names=CLASS_NAMES,
+        source=contracts.Source(kind="local_dir", location=str(folder)),
+        tried=(),
+        files={
+            role: contracts.RawFile(
+                file=path.name,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                shape=idx.read(path).shape,
+            )
+            for role, path in paths.items()
+        },
+        counts={"train": n_train, "test": n_test},
+    )
+    manifest.write(folder / contracts.RawManifest.file_name)
+    return manifest

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from pipeline import idx, prepare
+from pipeline import prepare
 from tests.support import synthetic
 
 
@@ -107,37 +105,3 @@ def test_image_shared_by_train_and_test_is_rejected():
             val_fraction=0.2,
             seed=0,
         )
-
-
-def test_main_writes_splits_meta_metrics_and_plot(tmp_path):
-    raw = tmp_path / "raw"
-    paths = synthetic.write_dataset(raw, n_train=120, n_test=40, gz=False)
-    manifest = {
-        "dataset": "synthetic",
-        "source": {"kind": "local_dir", "location": str(raw)},
-        "class_names": list(synthetic.CLASS_NAMES),
-        "files": {role: {"sha256": f"sha-{role}"} for role in paths},
-    }
-    (raw / "manifest.json").write_text(json.dumps(manifest))
-    (tmp_path / "params.yaml").write_text("prepare:\n  val_fraction: 0.25\n  seed: 1\n")
-    out, metrics, plot = tmp_path / "prepared", tmp_path / "m.json", tmp_path / "p" / "s.png"
-    prepare.main(
-        [
-            f"--params={tmp_path / 'params.yaml'}",
-            f"--raw={raw}",
-            f"--out={out}",
-            f"--metrics={metrics}",
-            f"--plot={plot}",
-        ]
-    )
-    with np.load(out / "train.npz") as train:
-        assert train["x"].shape == (90, 28, 28)
-        assert tuple(train["class_names"]) == synthetic.CLASS_NAMES
-        np.testing.assert_allclose(train["x"].max(), idx.read(paths["train_images"]).max() / 255)
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["counts"] == {"train": 90, "val": 30, "test": 40}
-    assert meta["class_names"] == list(synthetic.CLASS_NAMES)
-    counts = json.loads(metrics.read_text())
-    assert counts["val"]["total"] == 30 and counts["val"]["class_3"] == 3
-    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not list(out.glob(".*tmp"))

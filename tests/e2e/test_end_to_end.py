@@ -7,7 +7,6 @@ synthetic MNIST-format files otherwise. Slow: a full DVC run plus a server start
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline import contracts
 from tests.support import servers, synthetic
 
 pytestmark = pytest.mark.slow
@@ -103,10 +103,10 @@ def test_repro_then_serve_the_champion(tmp_path):
         timeout=900,
     )
     assert repro.returncode == 0, repro.stdout[-4000:] + repro.stderr[-4000:]
-    champion = json.loads((project / "models" / "champion.json").read_text())
-    assert champion["version"] == 1 and champion["variant"] in TINY_MODELS
-    evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(evaluation["variants"]) == set(TINY_MODELS)
+    champion = contracts.Champion.read(project / "models" / "champion.json")
+    assert champion.version == 1 and champion.variant in TINY_MODELS
+    evaluation = contracts.EvaluateMetrics.read(project / "metrics" / "evaluate.json")
+    assert set(evaluation.variants) == set(TINY_MODELS)
 
     packaged = subprocess.run(
         [sys.executable, "-m", "serving.package"],
@@ -118,7 +118,7 @@ def test_repro_then_serve_the_champion(tmp_path):
     )
     assert packaged.returncode == 0, packaged.stderr[-4000:]
     tag = packaged.stdout.strip().splitlines()[-1]
-    assert tag == f"{champion['registered_model']}:v1"
+    assert tag == f"{champion.registered_model}:v1"
 
     serve_environment = environment | {"BENTO_MODEL": tag}
     with servers.bentoml_serve(
