@@ -69,9 +69,9 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def test_repro_then_serve_the_champion(tmp_path):
-    import httpx
-
+def tiny_project(tmp_path: Path) -> Path:
+    """A copy of the project whose params train the tiny variants, on synthetic data when the
+    machine has no Fashion-MNIST."""
     project = tmp_path / "project"
     copy_project(project)
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -85,6 +85,13 @@ def test_repro_then_serve_the_champion(tmp_path):
             "class_names": list(synthetic.CLASS_NAMES),
         }
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def test_repro_then_serve_the_champion(tmp_path):
+    import httpx
+
+    project = tiny_project(tmp_path)
     bin_dir = Path(sys.executable).parent
     environment = os.environ | {
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",

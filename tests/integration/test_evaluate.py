@@ -143,14 +143,19 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
         variant=chosen, version=1, promoted=True, **dataclasses.asdict(best)
     )
     champion = contracts.Champion.read(root / "models" / "champion.json")
-    assert (champion.registered_model, champion.version) == (name, 1)
-    assert champion.model_uri == f"models:/{name}/1"
-    assert champion.alias_uri == f"models:/{name}@champion"
-    assert (champion.variant, champion.run_id) == (chosen, runs[chosen].run_id)
-    assert champion.class_names == synthetic.CLASS_NAMES
-    assert champion.metrics == pytest.approx(dataclasses.asdict(best), abs=1e-6)
-    assert champion.candidate == contracts.Candidate(
-        variant=chosen, version=1, promoted=True, reason="first version: no champion yet"
+    assert champion == contracts.Champion(
+        registered_model=name,
+        version=1,
+        model_uri=f"models:/{name}/1",
+        alias_uri=f"models:/{name}@champion",
+        variant=chosen,
+        run_id=runs[chosen].run_id,
+        class_names=synthetic.CLASS_NAMES,
+        metrics=pytest.approx(dataclasses.asdict(best), abs=1e-6),
+        tracking_uri=tracking_store,
+        candidate=contracts.Candidate(
+            variant=chosen, version=1, promoted=True, reason="first version: no champion yet"
+        ),
     )
 
     # The DVC plots are the chosen variant's.

@@ -46,6 +46,42 @@ def run_train(workspace: Workspace, prepared: Path, variant: str = "mlp") -> dic
     return paths
 
 
+def assert_params_describe_variant_and_data(params: dict[str, str], meta) -> None:
+    """The run's params: the variant's config, flattened, and the data it was trained on."""
+    assert params["variant"] == "mlp"
+    assert params["model.architecture"] == "mlp"
+    assert params["model.dense"] == "(32,)"
+    assert params["model.batch_norm"] == "True"
+    assert params["fit.batch_size"] == "32"
+    assert params["fit.schedule"] == "cosine"
+    assert params["fit.epochs"] == "3"
+    assert params["data.dataset"] == DATASET
+    assert params["data.content_sha256"] == meta.content_sha256
+    assert json.loads(params["data.sha256"]) == meta.sha256
+    assert (params["train_size"], params["val_size"]) == ("160", "40")
+
+
+def assert_history_logged_per_epoch(client, run_id: str, csv_path: Path) -> list[dict[str, str]]:
+    """Exactly one value per epoch for each history metric, equal to the CSV for dvc plots."""
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    for key in train.HISTORY_KEYS:
+        history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
+        assert [metric.step for metric in history] == [0, 1, 2], key
+        assert [metric.value for metric in history] == pytest.approx(
+            [float(row[key]) for row in rows], rel=1e-5
+        ), key
+    # Cosine schedule with one warm-up epoch of 5 steps, then decay over the last 10 steps:
+    # the rate at the end of each epoch is the warm-up target, half of it, then zero.
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx(
+        [0.01, 0.005, 0.0], abs=1e-6
+    )
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert all(float(row["epoch_seconds"]) > 0 for row in rows)
+    return rows
+
+
 def test_train_tracks_one_run_and_writes_the_stage_outputs(
     workspace: Workspace, prepared: Path, tracking_store: str
 ):
@@ -67,43 +103,16 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     assert run_json.variant == "mlp"
     assert run_json.tracking_uri == tracking_store
 
-    # Params: the variant's config, flattened, and the data it was trained on.
     meta = contracts.PreparedMeta.read(prepared / "meta.json")
+    assert_params_describe_variant_and_data(run.data.params, meta)
     params = run.data.params
-    assert params["variant"] == "mlp"
-    assert params["model.architecture"] == "mlp"
-    assert params["model.dense"] == "(32,)"
-    assert params["model.batch_norm"] == "True"
-    assert params["fit.batch_size"] == "32"
-    assert params["fit.schedule"] == "cosine"
-    assert params["fit.epochs"] == "3"
-    assert params["data.dataset"] == DATASET
-    assert params["data.content_sha256"] == meta.content_sha256
-    assert json.loads(params["data.sha256"]) == meta.sha256
-    assert (params["train_size"], params["val_size"]) == ("160", "40")
 
     # Tags tie the run to the commit it ran at and to its DVC stage.
     assert run.data.tags["git_commit"] == workspace.commit
     assert run.data.tags["git_dirty"] == "false"
     assert run.data.tags["dvc_stage"] == "train@mlp"
 
-    # Exactly one value per epoch for each history metric, equal to the CSV for dvc plots.
-    with paths["plots"].open() as handle:
-        rows = list(csv.DictReader(handle))
-    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
-    for key in train.HISTORY_KEYS:
-        history = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-        assert [metric.step for metric in history] == [0, 1, 2], key
-        assert [metric.value for metric in history] == pytest.approx(
-            [float(row[key]) for row in rows], rel=1e-5
-        ), key
-    # Cosine schedule with one warm-up epoch of 5 steps, then decay over the last 10 steps:
-    # the rate at the end of each epoch is the warm-up target, half of it, then zero.
-    assert [float(row["learning_rate"]) for row in rows] == pytest.approx(
-        [0.01, 0.005, 0.0], abs=1e-6
-    )
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
-    assert all(float(row["epoch_seconds"]) > 0 for row in rows)
+    rows = assert_history_logged_per_epoch(client, run.info.run_id, paths["plots"])
 
     # Summary metrics: the same in MLflow and in the DVC metrics file.
     metrics = contracts.TrainMetrics.read(paths["metrics"])
