@@ -187,6 +187,11 @@ def pixels_to_batch(pixels: Any, *, max_items: int) -> np.ndarray:
     if array.shape[0] > max_items:
         raise ImageError(f"pixels holds {array.shape[0]} images, over the limit of {max_items}")
 
+    return _scaled(array).reshape(-1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
+
+
+def _scaled(array: np.ndarray) -> np.ndarray:
+    """Pixel values in [0, 1]: floats in [0, 1] as they are, integers in [0, 255] divided."""
     # float64 holds every integer a uint8 range check needs exactly.
     values = array.astype(np.float64, copy=False)
     if not np.isfinite(values).all():
@@ -194,21 +199,20 @@ def pixels_to_batch(pixels: Any, *, max_items: int) -> np.ndarray:
     lowest, highest = float(values.min()), float(values.max())
     if lowest < 0:
         raise ImageError(f"pixels contains a negative value ({lowest:g}); values must be >= 0")
-    if highest > 1:
-        if highest > 255:
-            raise ImageError(
-                f"pixels contains {highest:g}, above 255; send integers in [0, 255]"
-                " or floats in [0, 1]"
-            )
-        fractional = values != np.floor(values)
-        if fractional.any():
-            example = float(values[fractional][0])
-            raise ImageError(
-                f"pixels has values above 1, so it is read as 0-255, but contains the non-integer"
-                f" {example:g}; send integers in [0, 255] or floats in [0, 1]"
-            )
-        values = values / 255.0
-    return values.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).astype(np.float32)
+    if highest <= 1:
+        return values
+    if highest > 255:
+        raise ImageError(
+            f"pixels contains {highest:g}, above 255; send integers in [0, 255] or floats in [0, 1]"
+        )
+    fractional = values != np.floor(values)
+    if fractional.any():
+        example = float(values[fractional][0])
+        raise ImageError(
+            f"pixels has values above 1, so it is read as 0-255, but contains the non-integer"
+            f" {example:g}; send integers in [0, 255] or floats in [0, 1]"
+        )
+    return values / 255.0
 
 
 def _shrink(image: Image.Image) -> Image.Image:
