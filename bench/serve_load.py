@@ -47,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import machine, serve_driver, serve_payloads, serve_report, serve_servers
+from pipeline import registry
 from tests.support import servers
 
 ROOT = servers.REPO_ROOT
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     kinds, defaults = ",".join(serve_payloads.KINDS), ",".join(serve_payloads.DEFAULT_KINDS)
     parser.add_argument("--registered-model", help="default: params.yaml's (REGISTERED_MODEL)")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
-    parser.add_argument("--alias", default="champion")
+    parser.add_argument("--alias", default=registry.CHAMPION)
     parser.add_argument("--duration", type=float, default=6.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per cell")
     parser.add_argument(

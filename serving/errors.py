@@ -21,8 +21,3 @@ class ApiError(Exception):
     def response(self) -> JSONResponse:
         # `{"error": message}` is also the Open Inference Protocol's error body.
         return JSONResponse({"error": self.message}, self.status, headers=self.headers)
-
-
-def error_response(message: str, status: int = 400) -> JSONResponse:
-    """The JSON answer to a refused request."""
-    return ApiError(message, status).response()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bentoml
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -26,8 +27,6 @@ SERVER_NAME = "mnist-mlops"
 
 def _service():
     """The worker's service instance (the class in `serving.service`)."""
-    import bentoml
-
     return bentoml.get_current_service()
 
 
