@@ -8,7 +8,7 @@ EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
 PORT ?= 3000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data repro test test-fast lint format ui serve build bench clean
+.PHONY: help install data postgres repro test test-fast lint format ui serve build bench clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -49,10 +49,29 @@ data:
 		fi; \
 	fi
 
+# The team tests (tests/team) start a private PostgreSQL cluster from Debian's `postgresql`
+# binaries; install them when we may. Without them those tests skip and say why.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL found: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "No apt-get here: the team tests (PostgreSQL-backed MLflow) will be skipped"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" = none ]; then \
+			echo "Not root: skipping 'apt-get install postgresql'; the team tests will be skipped"; \
+		else \
+			echo "Installing Debian package postgresql (for the team tests)"; \
+			$$SUDO apt-get install -y -qq postgresql >/dev/null 2>&1 \
+			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq postgresql >/dev/null 2>&1; } \
+			|| echo "Could not install postgresql; the team tests will be skipped"; \
+		fi; \
+	fi
+
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: install data
+test: install data postgres
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: install
