@@ -69,26 +69,39 @@ class ConvBlockConfig:
     convs: int = 1
     pool: bool = True
     dropout: float = 0.0
+    activation: str = "relu"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """An architecture: an MLP (`dense` only) or a CNN (`conv_blocks`, then `dense`)."""
+    """An architecture: an MLP (`dense` only) or a CNN (`conv_blocks`, then `dense`).
+
+    `activation` and `dropout` apply to every dense block, `head_dropout` only to the features
+    the output layer sees (after the last dense block, or after flattening when there is none).
+    """
 
     architecture: Literal["mlp", "cnn"]
     conv_blocks: tuple[ConvBlockConfig, ...] = ()
     dense: tuple[int, ...] = ()
     activation: str = "relu"
     dropout: float = 0.0
+    head_dropout: float = 0.0
     batch_norm: bool = False
+    # Convolution padding: `same` keeps 28x28 until pooling, `valid` shrinks by kernel_size - 1.
+    padding: Literal["same", "valid"] = "same"
+    # Weights of every dense and conv layer (a Keras initializer name: random_normal, he_normal).
+    kernel_initializer: str = "glorot_uniform"
+    # A sigmoid output scores each class on its own; the loss and `evaluate` normalise the scores.
+    output_activation: Literal["softmax", "sigmoid"] = "softmax"
 
     def __post_init__(self) -> None:
         if self.architecture == "cnn" and not self.conv_blocks:
             raise ConfigError("model.conv_blocks: a cnn needs at least one conv block")
         if self.architecture == "mlp" and self.conv_blocks:
             raise ConfigError("model.conv_blocks: an mlp has no conv blocks")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Pure Keras model builders, parameterised by typed config; they build, they do not fit."""
+"""Pure Keras model builders, parameterised by typed config; they build, they do not fit.
+
+Every model ends in a dense layer named `probabilities` (softmax, or sigmoid for the seed notebooks
+that use one); `pipeline.calibration` relies on that to read the scores before it.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +14,70 @@ from pipeline.config import ModelConfig
 if TYPE_CHECKING:
     import keras
 
+HEAD = "probabilities"
+# Keras's 0.99 averages the batch statistics over ~100 steps: with a few hundred steps in all
+# (small data, few epochs) inference would run on half-learnt statistics and collapse to chance.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def _normalised_activation(layers: list, activation: str, config: ModelConfig) -> None:
+    """Batch norm (when configured) before the activation."""
+    import keras
+
+    if config.batch_norm:
+        layers.append(keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM))
+    layers.append(keras.layers.Activation(activation))
+
 
 def _dense_block(layers: list, units: int, config: ModelConfig) -> None:
     import keras
 
-    layers.append(keras.layers.Dense(units, use_bias=not config.batch_norm))
-    if config.batch_norm:
-        layers.append(keras.layers.BatchNormalization())
-    layers.append(keras.layers.Activation(config.activation))
+    layers.append(
+        keras.layers.Dense(
+            units, use_bias=not config.batch_norm, kernel_initializer=config.kernel_initializer
+        )
+    )
+    _normalised_activation(layers, config.activation, config)
     if config.dropout:
         layers.append(keras.layers.Dropout(config.dropout))
 
 
-def _head(layers: list, num_classes: int) -> None:
+def _conv_blocks(layers: list, config: ModelConfig) -> None:
+    """Each block: `convs` times (conv, batch norm, activation); then pooling and dropout."""
     import keras
 
-    # The softmax stays float32 under mixed precision, so probabilities sum to 1 accurately.
+    for block in config.conv_blocks:
+        for _ in range(block.convs):
+            layers.append(
+                keras.layers.Conv2D(
+                    block.filters,
+                    block.kernel_size,
+                    padding=config.padding,
+                    use_bias=not config.batch_norm,
+                    kernel_initializer=config.kernel_initializer,
+                )
+            )
+            _normalised_activation(layers, block.activation, config)
+        if block.pool:
+            layers.append(keras.layers.MaxPooling2D())
+        if block.dropout:
+            layers.append(keras.layers.Dropout(block.dropout))
+
+
+def _head(layers: list, num_classes: int, config: ModelConfig) -> None:
+    import keras
+
+    if config.head_dropout:
+        layers.append(keras.layers.Dropout(config.head_dropout))
+    # The output stays float32 under mixed precision, so probabilities sum to 1 accurately.
     layers.append(
-        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")
+        keras.layers.Dense(
+            num_classes,
+            activation=config.output_activation,
+            kernel_initializer=config.kernel_initializer,
+            dtype="float32",
+            name=HEAD,
+        )
     )
 
 
@@ -38,7 +88,7 @@ def build_mlp(config: ModelConfig, *, num_classes: int) -> keras.Sequential:
     layers: list = [keras.Input(shape=datasets.IMAGE_SHAPE, name="image"), keras.layers.Flatten()]
     for units in config.dense:
         _dense_block(layers, units, config)
-    _head(layers, num_classes)
+    _head(layers, num_classes, config)
     return keras.Sequential(layers, name="mlp")
 
 
@@ -50,24 +100,11 @@ def build_cnn(config: ModelConfig, *, num_classes: int) -> keras.Sequential:
         keras.Input(shape=datasets.IMAGE_SHAPE, name="image"),
         keras.layers.Reshape((*datasets.IMAGE_SHAPE, 1)),
     ]
-    for block in config.conv_blocks:
-        for _ in range(block.convs):
-            layers.append(
-                keras.layers.Conv2D(
-                    block.filters, block.kernel_size, padding="same", use_bias=not config.batch_norm
-                )
-            )
-            if config.batch_norm:
-                layers.append(keras.layers.BatchNormalization())
-            layers.append(keras.layers.Activation(config.activation))
-        if block.pool:
-            layers.append(keras.layers.MaxPooling2D())
-        if block.dropout:
-            layers.append(keras.layers.Dropout(block.dropout))
+    _conv_blocks(layers, config)
     layers.append(keras.layers.Flatten())
     for units in config.dense:
         _dense_block(layers, units, config)
-    _head(layers, num_classes)
+    _head(layers, num_classes, config)
     return keras.Sequential(layers, name="cnn")
 
 

@@ -137,6 +137,21 @@ def test_unknown_dataset_with_folder_and_class_names_is_accepted(tmp_path):
             id="scalar-for-list",
         ),
         pytest.param(
+            lambda raw: raw["train"]["models"]["cnn"]["model"].update(padding="full"),
+            "train.models.cnn.model.padding: 'full' is not one of ['same', 'valid']",
+            id="unknown-padding",
+        ),
+        pytest.param(
+            lambda raw: raw["train"]["models"]["mlp"]["model"].update(output_activation="relu"),
+            "model.output_activation: 'relu' is not one of ['softmax', 'sigmoid']",
+            id="unknown-output-activation",
+        ),
+        pytest.param(
+            lambda raw: raw["train"]["models"]["mlp"]["model"].update(head_dropout=1.0),
+            "train.models.mlp.model: model.head_dropout must be in [0, 1), got 1.0",
+            id="head-dropout-range",
+        ),
+        pytest.param(
             lambda raw: fit(raw).update(optimizer="adamm"),
             "train.models.cnn.fit.optimizer: 'adamm' is not one of",
             id="literal-optimizer",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 
-from pipeline import models
+from pipeline import config, models
 from pipeline.config import ConvBlockConfig, ModelConfig
 
 MLP = ModelConfig(architecture="mlp", dense=(8,))
@@ -117,3 +120,143 @@ def test_softmax_head_stays_float32_under_mixed_precision():
     assert model.layers[1].compute_dtype == "bfloat16"
     assert model.get_layer("probabilities").compute_dtype == "float32"
     assert model(np.zeros((2, 28, 28), np.float32)).dtype == "float32"
+
+
+# The seed notebooks' networks, counted by hand as their printed summaries count them.
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # Valid 3x3 convs: 28 -> 26 -> 24, pool 12 -> 10 -> 8, pool 4: 4*4*64 = 1024 features.
+        pytest.param(
+            ModelConfig(
+                architecture="cnn",
+                conv_blocks=(ConvBlockConfig(filters=32, convs=2), ConvBlockConfig(64, convs=2)),
+                padding="valid",
+                dense=(1024, 1024),
+                activation="sigmoid",
+                dropout=0.2,
+            ),
+            320 + 9_248 + 18_496 + 36_928 + 1_049_600 + 1_049_600 + 10_250,
+            id="seed001-cnn-valid",
+        ),
+        # Same padding, 2x2 kernel: 28x28x64, pool 14x14x64 = 12,544 features.
+        pytest.param(
+            ModelConfig(architecture="cnn", conv_blocks=(ConvBlockConfig(64, kernel_size=2),)),
+            320 + 125_450,
+            id="seed003-cnn-same",
+        ),
+    ],
+)
+def test_seed_network_parameter_counts(config, expected):
+    assert models.build(config, num_classes=10).count_params() == expected
+
+
+def test_sigmoid_output_scores_each_class_on_its_own():
+    config = ModelConfig(
+        architecture="mlp", dense=(10,), activation="sigmoid", output_activation="sigmoid"
+    )
+    model = models.build(config, num_classes=10)
+    scores = np.asarray(model(np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)))
+    assert ((scores > 0) & (scores < 1)).all()
+    # Independent sigmoids do not sum to one: the loss and `evaluate` normalise them.
+    assert np.abs(scores.sum(axis=1) - 1).max() > 0.5
+    assert model.get_layer(models.HEAD).activation.__name__ == "sigmoid"
+
+
+def test_kernel_initializer_reaches_every_weight_layer():
+    config = ModelConfig(
+        architecture="cnn",
+        conv_blocks=(ConvBlockConfig(filters=8),),
+        dense=(512,),
+        kernel_initializer="random_normal",
+    )
+    model = models.build(config, num_classes=10)
+    kernels = [
+        layer.kernel.numpy()
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense | keras.layers.Conv2D)
+    ]
+    assert len(kernels) == 3
+    # Keras's random_normal (Keras 1's `init='normal'`): mean 0, standard deviation 0.05,
+    # whatever the fan-in; glorot_uniform's would be sqrt(2 / (1568 + 512)) = 0.031 here.
+    assert abs(kernels[1].std() - 0.05) < 0.002
+    assert abs(kernels[1].mean()) < 0.002
+    # Keras's default, glorot_uniform: standard deviation sqrt(2 / (fan_in + fan_out)).
+    default = models.build(
+        dataclasses.replace(config, kernel_initializer="glorot_uniform"), num_classes=10
+    )
+    head = default.get_layer(models.HEAD).kernel.numpy()
+    assert abs(head.std() - np.sqrt(2 / (512 + 10))) < 0.003
+
+
+def test_head_dropout_only_before_the_output():
+    config = ModelConfig(architecture="mlp", dense=(16, 16, 16), head_dropout=0.2)
+    model = models.build(config, num_classes=10)
+    dropouts = layers_of(model, keras.layers.Dropout)
+    assert [layer.rate for layer in dropouts] == [0.2]
+    assert model.layers[-2] is dropouts[0] and model.layers[-1].name == models.HEAD
+
+
+def test_conv_blocks_have_their_own_activation():
+    config = ModelConfig(
+        architecture="cnn",
+        conv_blocks=(ConvBlockConfig(filters=4), ConvBlockConfig(filters=4, activation="tanh")),
+        dense=(8,),
+        activation="sigmoid",
+    )
+    model = models.build(config, num_classes=10)
+    names = [layer.activation.__name__ for layer in layers_of(model, keras.layers.Activation)]
+    assert names == ["relu", "tanh", "sigmoid"]
+
+
+def test_batch_norm_inference_matches_training_after_few_steps():
+    """A batch-norm model fitted for a few dozen steps (small data, few epochs) must answer in
+    inference mode as it does with the data's own batch statistics: its moving statistics have
+    caught up (with Keras's default momentum, 0.99, they are still two-thirds the initial ones
+    after 40 steps, and the probabilities differ by 0.77 on average)."""
+    from tests.support.synthetic import make_split
+
+    images, labels = make_split(640, seed=3)
+    x = images.astype(np.float32) / 255
+    y = np.eye(10, dtype=np.float32)[labels]
+    keras.utils.set_random_seed(0)
+    config = ModelConfig(
+        architecture="cnn", conv_blocks=(ConvBlockConfig(filters=8),), dense=(32,), batch_norm=True
+    )
+    model = models.build(config, num_classes=10)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0)  # 40 steps
+    batch_statistics = np.asarray(model(x, training=True))
+    moving_statistics = np.asarray(model(x, training=False))
+    assert np.abs(batch_statistics - moving_statistics).sum(axis=1).mean() < 0.2
+    assert (moving_statistics.argmax(axis=1) == labels).mean() > 0.9
+
+
+# Parameter counts as the sources' printed model summaries give them (seed 000 and seed 003's
+# dense networks print none: counted by hand, inputs * units + units per layer).
+SEED_PARAMETERS = {
+    "seed000_mlp": (784 * 512 + 512) + (512 * 256 + 256) + (256 * 10 + 10),
+    "seed001_mlp": 615_440 + 628_000 + 8_010,
+    "seed001_cnn": 320 + 9_248 + 18_496 + 36_928 + 1_049_600 + 1_049_600 + 10_250,
+    "seed003_slp": (784 * 10 + 10) + (10 * 10 + 10),
+    "seed003_mlp50": (784 * 50 + 50) + (50 * 10 + 10),
+    "seed003_mlp50x2": (784 * 50 + 50) + (50 * 50 + 50) + (50 * 10 + 10),
+    "seed003_cnn": 125_770,
+    "seed004_mlp": 623_290,
+    "seed004_mlp2": 1_238_730,
+    "seed004_mlp3": 1_854_170,
+    "seed004_mlp_dropout": 1_854_170,
+    "seed004_mlp_sgd": 1_854_170,
+}
+
+
+@pytest.mark.parametrize("variant", sorted(SEED_PARAMETERS))
+def test_repository_seed_variants_have_their_sources_parameters(variant):
+    params = config.load(Path(__file__).resolve().parents[2] / "params.yaml")
+    model = models.build(params.train.models[variant].model, num_classes=10)
+    assert model.count_params() == SEED_PARAMETERS[variant]
+
+
+def test_every_seed_variant_in_params_is_checked():
+    params = config.load(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert {name for name in params.train.models if name.startswith("seed")} == set(SEED_PARAMETERS)
