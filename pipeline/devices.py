@@ -4,9 +4,48 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+# Set to 1 to see everything TensorFlow's C++ side prints; by default its start-up notes are hidden.
+VERBOSE_SWITCH = "PIPELINE_TF_LOGS"
+# What TensorFlow's C++ side prints on every import, before its log level applies.
+STARTUP_CHATTER = re.compile(
+    r"All log messages before absl::InitializeLog|port\.cc:\d+\] oneDNN custom operations"
+    r"|cpu_feature_guard\.cc|^To enable the following instructions"
+)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up chatter filtered out of stderr.
+
+    TF_CPP_MIN_LOG_LEVEL=2 (unless set) hides its info and warning logs; the oneDNN note comes
+    before that level applies, so stderr is caught during the import and replayed without the
+    known lines. Anything else it printed (a real error) is passed on. PIPELINE_TF_LOGS=1 shows all.
+    """
+    if os.environ.get(VERBOSE_SWITCH) == "1" or "tensorflow" in sys.modules:
+        import tensorflow
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode(errors="replace")
+    kept = [line for line in text.splitlines() if not STARTUP_CHATTER.search(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
 
 
 def cpu_supports_bf16() -> bool:

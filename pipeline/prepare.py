@@ -2,8 +2,8 @@
 
 Reads the raw IDX files and manifest that `download` wrote and writes `train.npz`, `val.npz`,
 `test.npz` (x: float32 (N, 28, 28) in [0, 1]; y: float32 one-hot (N, C); labels: int (N,);
-class_names) plus `meta.json` (contracts.PreparedMeta), the class counts as DVC metrics and a
-sample grid as a DVC plot.
+class_names) plus `meta.json` (contracts.PreparedMeta), the split sizes as DVC metrics, the class
+counts per split (one CSV each) and a sample grid as DVC plots.
 """
 
 from __future__ import annotations
@@ -137,17 +137,28 @@ def prepare(
     return splits
 
 
+def split_sizes(splits: dict[str, Split]) -> dict[str, dict[str, int]]:
+    """Images per split, for DVC metrics."""
+    return {"examples": {name: len(split.labels) for name, split in splits.items()}}
+
+
 def class_counts(
     splits: dict[str, Split], class_names: tuple[str, ...]
 ) -> dict[str, dict[str, int]]:
-    """Images per class per split, for DVC metrics."""
+    """Images per class per split."""
     counts = {}
     for name, split in splits.items():
         per_class = np.bincount(split.labels, minlength=len(class_names))
-        counts[name] = {"total": len(split.labels)} | {
+        counts[name] = {
             class_name: int(count) for class_name, count in zip(class_names, per_class, strict=True)
         }
     return counts
+
+
+def class_counts_csv(counts: dict[str, int]) -> str:
+    """One split's counts as a DVC plot: `class,count` rows."""
+    rows = ["class,count"] + [f'"{name}",{count}' for name, count in counts.items()]
+    return "\n".join(rows) + "\n"
 
 
 def sample_grid(split: Split, class_names: tuple[str, ...], *, per_class: int = 8, seed: int = 0):
@@ -181,7 +192,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--raw", type=Path, required=True, help="download's folder")
     parser.add_argument("--out", type=Path, required=True, help="folder for the prepared splits")
-    parser.add_argument("--metrics", type=Path, required=True, help="DVC metrics (JSON)")
+    parser.add_argument("--metrics", type=Path, required=True, help="split sizes (JSON)")
+    parser.add_argument(
+        "--class-counts", type=Path, required=True, help="folder for <split>.csv class counts"
+    )
     parser.add_argument("--plot", type=Path, required=True, help="sample grid (PNG)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -214,9 +228,11 @@ def main(argv: list[str] | None = None) -> None:
         val_fraction=params.val_fraction,
         seed=params.seed,
     ).write(args.out / contracts.PreparedMeta.file_name)
-    io.write_json(args.metrics, class_counts(splits, class_names))
+    io.write_json(args.metrics, split_sizes(splits))
+    for name, counts in class_counts(splits, class_names).items():
+        io.write_bytes(args.class_counts / f"{name}.csv", class_counts_csv(counts).encode())
     io.save_figure(args.plot, sample_grid(splits["train"], class_names))
-    log.info("class counts -> %s; sample grid -> %s", args.metrics, args.plot)
+    log.info("sizes -> %s; class counts -> %s/", args.metrics, args.class_counts)
 
 
 if __name__ == "__main__":

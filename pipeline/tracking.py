@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
+import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,12 @@ from typing import Any
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# MLflow 3's UI opens an experiment on the view its kind names; without the tag it guesses GenAI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# Files `dvc repro` rewrites: a change to them says nothing about the code or the params.
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots")
+# MLflow keeps at most this many characters of a dataset digest.
+DIGEST_LENGTH = 36
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -57,26 +66,42 @@ def get_or_create_experiment(client, name: str) -> str:
         # Artefacts live beside the database they belong to, wherever the process runs from.
         database = Path(client.tracking_uri.removeprefix("sqlite:///")).resolve()
         location = (database.parent / DEFAULT_ARTIFACTS / name).as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+def mark_experiment_kind(client, experiment_id: str) -> None:
+    """Tag an experiment as model training (older stores made it without the tag)."""
+    experiment = client.get_experiment(experiment_id)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
 
 
 def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, cwd=project_root()
-        )
+        # In the working directory: a `dvc exp run --temp/--queue` copy is a git repository of
+        # its own, holding the experiment's params.
+        result = subprocess.run(["git", *args], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return None
     return result.stdout.strip()
 
 
+def code_changed() -> bool | None:
+    """Whether tracked files other than the pipeline's own outputs differ from HEAD (None when
+    git cannot tell): edited code or params, not the dvc.lock and metrics `dvc repro` rewrites."""
+    excluded = [f":(exclude){path}" for path in PIPELINE_OUTPUTS]
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
+    return None if status is None else bool(status)
+
+
 def run_tags(stage: str) -> dict[str, str]:
     """Tags that tie a run to its code and pipeline: git commit, dirty flag, DVC stage and exp."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    dirty = code_changed()
     tags = {
         "git_commit": commit or "unknown",
-        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
         "dvc_stage": stage,
     }
     if commit:
@@ -116,17 +141,142 @@ class Run:
     experiment_id: str
 
 
+def run_name(variant: str) -> str:
+    """The variant, and under `dvc exp run` the experiment: `cnn`, `cnn@lunar-moth`."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{variant}@{experiment}" if experiment else variant
+
+
+class Stopped(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM, SIGINT) while a run was active."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@dataclass
+class _StopState:
+    deferring: bool = False
+    signum: int | None = None
+
+
+_stop = _StopState()
+
+
+def _on_stop_signal(signum, frame):
+    if _stop.deferring:
+        _stop.signum = signum
+        return
+    raise Stopped(signum)
+
+
 @contextlib.contextmanager
-def training_run(*, experiment: str, run_name: str, stage: str) -> Iterator[Run]:
-    """An active MLflow run in `experiment` (created if new), tagged with git and DVC facts."""
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into `Stopped` (a KeyboardInterrupt) inside the block, so `with`
+    blocks unwind instead of the process vanishing; the old handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {signum: signal.signal(signum, _on_stop_signal) for signum in signals}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def stop_deferred() -> Iterator[None]:
+    """Inside, a stop signal is only noted (`stop_requested()`); `Stopped` comes at the end.
+
+    For Keras `fit`: an exception raised from a signal handler while TensorFlow's threads are
+    mid-step has crashed the process (glibc: "free(): invalid next size"); a callback that sets
+    `model.stop_training` when `stop_requested()` ends the fit cleanly after the current step.
+    """
+    _stop.deferring, _stop.signum = True, None
+    try:
+        yield
+    finally:
+        _stop.deferring = False
+    if _stop.signum is not None:
+        raise Stopped(_stop.signum)
+
+
+def stop_requested() -> bool:
+    return _stop.signum is not None
+
+
+@contextlib.contextmanager
+def training_run(
+    *, experiment: str, run_name: str, stage: str, description: str = ""
+) -> Iterator[Run]:
+    """An active MLflow run in `experiment` (created if new), tagged with git and DVC facts.
+
+    A run stopped by SIGTERM or Ctrl-C ends as KILLED (then `Stopped` propagates), one that
+    raised as FAILED, never left RUNNING.
+    """
     import mlflow
 
     client = connect()
     experiment_id = get_or_create_experiment(client, experiment)
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=run_tags(stage)
-    ) as run:
-        yield Run(run_id=run.info.run_id, experiment_id=experiment_id)
+    mark_experiment_kind(client, experiment_id)
+    tags = run_tags(stage) | ({"mlflow.note.content": description} if description else {})
+    with (
+        stop_on_signals(),
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run,
+    ):
+        try:
+            yield Run(run_id=run.info.run_id, experiment_id=experiment_id)
+        except KeyboardInterrupt:
+            mlflow.end_run("KILLED")
+            raise
+
+
+def dataset_inputs(
+    *, name: str, content_sha256: str, source: Any, splits: Mapping[str, Any]
+) -> list[Any]:
+    """MLflow dataset inputs for the prepared `splits` ({context: (x, y)}) of one dataset.
+
+    Each is named `<name>/<context>`, its source is where the raw files came from (a URL for a
+    mirror, a path otherwise) and its digest the content sha256, cut to the 36 characters MLflow
+    keeps; the full digest is the input's `data_sha256` tag. Only metadata is logged.
+    """
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types.schema import Schema, TensorSpec
+
+    with warnings.catch_warnings():
+        # A local path matches MLflow's local source under two schemes; it warns, then picks it.
+        warnings.simplefilter("ignore", UserWarning)
+        origin = resolve_dataset_source(str(source.location))
+    inputs = []
+    for context, (x, y) in splits.items():
+        schema = Schema(
+            [
+                TensorSpec(x.dtype, (-1, *x.shape[1:]), "images"),
+                TensorSpec(y.dtype, (-1, *y.shape[1:]), "labels"),
+            ]
+        )
+        dataset = MetaDataset(
+            origin, name=f"{name}/{context}", digest=content_sha256[:DIGEST_LENGTH], schema=schema
+        )
+        tags = [
+            InputTag("mlflow.data.context", context),
+            InputTag("data_sha256", content_sha256),
+            InputTag("examples", str(len(x))),
+        ]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+    return inputs
+
+
+def log_datasets(run_id: str, inputs: Sequence[Any]) -> None:
+    """Link run `run_id` to the datasets it read (see `dataset_inputs`)."""
+    import mlflow
+
+    mlflow.MlflowClient().log_inputs(run_id, datasets=list(inputs))
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -188,12 +338,45 @@ def log_evaluation(
     report_text: str,
     figures: Mapping[str, Any],
 ) -> None:
-    """Add test metrics, the classification report and figures to the training run `run_id`."""
-    import mlflow
+    """Add test metrics, the classification report and figures to the training run `run_id`.
 
+    Through the client, by run id: the finished training run is not reopened, so its status stays
+    what training left.
+    """
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id, metrics=[Metric(key, float(value), now, 0) for key, value in metrics.items()]
+    )
+    client.log_text(run_id, report_text, "evaluation/classification_report.txt")
+    client.log_dict(run_id, dict(report), "evaluation/classification_report.json")
+    for file_name, figure in figures.items():
+        client.log_figure(run_id, figure, f"evaluation/{file_name}")
+
+
+def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
+    """Log `model` (the temperature-scaled one `evaluate` registers) as `calibrated_model` of the
+    finished training run `run_id`; return the logged model's URI.
+
+    MLflow logs a model only into an active run: the run is resumed for that and ended again
+    with the status it had, so a finished training run stays finished.
+    """
+    import mlflow
+    import mlflow.keras
+    from mlflow.models import infer_signature
+
+    status = mlflow.MlflowClient().get_run(run_id).info.status
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(dict(metrics))
-        mlflow.log_text(report_text, "evaluation/classification_report.txt")
-        mlflow.log_dict(dict(report), "evaluation/classification_report.json")
-        for file_name, figure in figures.items():
-            mlflow.log_figure(figure, f"evaluation/{file_name}")
+        info = mlflow.keras.log_model(
+            model,
+            name="calibrated_model",
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            pip_requirements=pip_requirements(),
+        )
+        mlflow.end_run(status=status)
+    return info.model_uri

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,18 @@ def epoch_logger(on_epoch=None):
     return EpochLogger()
 
 
+def stop_when_asked():
+    """A callback that ends `fit` after the current step once a stop signal came in."""
+    import keras
+
+    class StopWhenAsked(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if tracking.stop_requested():
+                self.model.stop_training = True
+
+    return StopWhenAsked()
+
+
 def fit_model(
     model: keras.Model,
     *,
@@ -136,23 +149,24 @@ def fit_model(
     """Fit a compiled model with early stopping on val_loss; return the per-epoch history."""
     import keras
 
-    callbacks = [epoch_logger(on_epoch)]
+    callbacks = [epoch_logger(on_epoch), stop_when_asked()]
     if fit.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=fit.early_stopping_patience, restore_best_weights=True
             )
         )
-    history = model.fit(
-        training_data(x_train, y_train, fit),
-        validation_data=(x_val, y_val),
-        batch_size=fit.batch_size,
-        epochs=fit.epochs,
-        callbacks=callbacks,
-        # The tf.data pipeline already shuffles, each epoch anew.
-        shuffle=False,
-        verbose=0,
-    )
+    with tracking.stop_deferred():
+        history = model.fit(
+            training_data(x_train, y_train, fit),
+            validation_data=(x_val, y_val),
+            batch_size=fit.batch_size,
+            epochs=fit.epochs,
+            callbacks=callbacks,
+            # The tf.data pipeline already shuffles, each epoch anew.
+            shuffle=False,
+            verbose=0,
+        )
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 
 
@@ -258,6 +272,20 @@ def report_epoch(epoch: int, logs: dict[str, float], *, epochs: int) -> None:
     )
 
 
+def run_description(variant: str, variant_config: VariantConfig, meta: contracts.PreparedMeta):
+    """What the run is, in words, for the MLflow UI."""
+    model, fit = variant_config.model, variant_config.fit
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return (
+        f"Trains variant `{variant}` ({model.architecture}) of the DVC stage `train@{variant}`"
+        + (f" in experiment `{experiment}`" if experiment else "")
+        + f" on {meta.dataset} from {meta.source.kind} {meta.source.location}"
+        f" ({meta.counts['train']} training, {meta.counts['val']} validation images; data"
+        f" sha256 {meta.content_sha256[:12]}): {fit.optimizer}, batch {fit.batch_size},"
+        f" {fit.epochs} epochs. `evaluate` adds the test metrics and may register the model."
+    )
+
+
 def history_csv(history: dict[str, list[float]]) -> str:
     rows = ["epoch," + ",".join(HISTORY_KEYS)]
     for epoch in range(len(history["loss"])):
@@ -288,8 +316,19 @@ def variant_config_of(params: config.Params, variant: str) -> VariantConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    try:
+        run_stage(parse_args(argv))
+    except tracking.Stopped as stopped:
+        log.error("train: %s; the MLflow run is marked KILLED, nothing was written", stopped)
+        raise SystemExit(128 + stopped.signum) from None
+
+
+def run_stage(args: argparse.Namespace) -> None:
+    """Train the variant `args` names, track it, write its outputs."""
+    from pipeline import devices
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    devices.import_tensorflow()
     variant_config = variant_config_of(config.load(args.params), args.variant)
     meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
     x_train, y_train, _ = load_split(args.data / "train.npz")
@@ -297,10 +336,22 @@ def main(argv: list[str] | None = None) -> None:
     log.info("variant %s: train %s, val %s", args.variant, x_train.shape, x_val.shape)
 
     with tracking.training_run(
-        experiment=meta.dataset, run_name=args.variant, stage=f"train@{args.variant}"
+        experiment=meta.dataset,
+        run_name=tracking.run_name(args.variant),
+        stage=f"train@{args.variant}",
+        description=run_description(args.variant, variant_config, meta),
     ) as run:
         sizes = {"train_size": len(x_train), "val_size": len(x_val)}
         tracking.log_params(run_params(args.variant, variant_config, meta, **sizes))
+        tracking.log_datasets(
+            run.run_id,
+            tracking.dataset_inputs(
+                name=meta.dataset,
+                content_sha256=meta.content_sha256,
+                source=meta.source,
+                splits={"training": (x_train, y_train), "validation": (x_val, y_val)},
+            ),
+        )
         trained = train(
             variant_config=variant_config,
             x_train=x_train,

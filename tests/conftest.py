@@ -36,6 +36,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"--raw={raw}",
             f"--out={out}",
             f"--metrics={root / 'prepare.json'}",
+            f"--class-counts={root / 'class_counts'}",
             f"--plot={root / 'samples.png'}",
         ]
     )

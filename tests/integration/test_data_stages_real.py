@@ -34,16 +34,21 @@ def test_download_then_prepare_full_fashion_mnist(tmp_path: Path):
             f"--raw={raw}",
             f"--out={prepared}",
             f"--metrics={tmp_path / 'prepare.json'}",
+            f"--class-counts={tmp_path / 'counts'}",
             f"--plot={tmp_path / 'samples.png'}",
         ]
     )
     meta = contracts.PreparedMeta.read(prepared / "meta.json")
     assert meta.counts == {"train": 54000, "val": 6000, "test": 10000}
     assert meta.class_names[0] == "T-shirt/top" and meta.class_names[9] == "Ankle boot"
-    counts = json.loads((tmp_path / "prepare.json").read_text())
+    sizes = json.loads((tmp_path / "prepare.json").read_text())
+    assert sizes == {"examples": {"train": 54000, "val": 6000, "test": 10000}}
     # Fashion-MNIST is balanced, and the stratified split keeps it so: 5,400 / 600 / 1,000.
     for split, per_class in (("train", 5400), ("val", 600), ("test", 1000)):
-        assert [counts[split][name] for name in meta.class_names] == [per_class] * 10
+        rows = (tmp_path / "counts" / f"{split}.csv").read_text().splitlines()[1:]
+        assert [row.split(",") for row in rows] == [
+            [f'"{name}"', str(per_class)] for name in meta.class_names
+        ]
     with np.load(prepared / "val.npz") as val:
         assert val["x"].dtype == np.float32 and val["x"].shape == (6000, 28, 28)
         assert float(val["x"].min()) >= 0.0 and float(val["x"].max()) == 1.0

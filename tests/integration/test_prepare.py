@@ -17,6 +17,7 @@ def run_prepare(tmp_path: Path, raw: Path) -> dict[str, Path]:
     paths = {
         "out": tmp_path / "prepared",
         "metrics": tmp_path / "m.json",
+        "class-counts": tmp_path / "counts",
         "plot": tmp_path / "p" / "s.png",
     }
     prepare.main(
@@ -49,8 +50,16 @@ def test_main_writes_splits_meta_metrics_and_plot(tmp_path: Path):
         val_fraction=0.25,
         seed=1,
     )
-    counts = json.loads(paths["metrics"].read_text())
-    assert counts["val"]["total"] == 30 and counts["val"]["class_3"] == 3
+    sizes = json.loads(paths["metrics"].read_text())
+    assert sizes == {"examples": {"train": 90, "val": 30, "test": 40}}
+    val_counts = (paths["class-counts"] / "val.csv").read_text().splitlines()
+    assert val_counts[0] == "class,count" and len(val_counts) == 1 + len(synthetic.CLASS_NAMES)
+    assert '"class_3",3' in val_counts
+    assert sorted(path.name for path in paths["class-counts"].iterdir()) == [
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]
     assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(out.glob(".*tmp"))
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import keras
@@ -20,9 +25,10 @@ import pytest
 from pipeline import config, contracts, models, prepare, train
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
 from tests.support import synthetic
-from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, write_params
+from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, git, write_params
 
 PNG = b"\x89PNG\r\n\x1a\n"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_train(workspace: Workspace, prepared: Path, variant: str = "mlp") -> dict[str, Path]:
@@ -82,6 +88,23 @@ def assert_history_logged_per_epoch(client, run_id: str, csv_path: Path) -> list
     return rows
 
 
+def assert_datasets_logged(run, meta, *, contexts: dict[str, int]) -> None:
+    """The run's dataset inputs: one per split, named after it, with the data's digest and
+    source, the full content sha256 and the number of examples as input tags."""
+    inputs = {}
+    for dataset_input in run.inputs.dataset_inputs:
+        tags = {tag.key: tag.value for tag in dataset_input.tags}
+        inputs[tags["mlflow.data.context"]] = (dataset_input.dataset, tags)
+    assert set(inputs) == set(contexts)
+    for context, (dataset, tags) in inputs.items():
+        assert dataset.name == f"{meta.dataset}/{context}"
+        assert dataset.digest == meta.content_sha256[:36]
+        assert tags["data_sha256"] == meta.content_sha256
+        assert tags["examples"] == str(contexts[context])
+        assert meta.source.location in dataset.source
+        assert '"images"' in dataset.schema and '"labels"' in dataset.schema
+
+
 def test_train_tracks_one_run_and_writes_the_stage_outputs(
     workspace: Workspace, prepared: Path, tracking_store: str
 ):
@@ -111,6 +134,11 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     assert run.data.tags["git_commit"] == workspace.commit
     assert run.data.tags["git_dirty"] == "false"
     assert run.data.tags["dvc_stage"] == "train@mlp"
+    # The UI opens the experiment on its training runs, and the run says what it is.
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    description = run.data.tags["mlflow.note.content"]
+    assert "`mlp`" in description and "train@mlp" in description and DATASET in description
+    assert_datasets_logged(run, meta, contexts={"training": 160, "validation": 40})
 
     rows = assert_history_logged_per_epoch(client, run.info.run_id, paths["plots"])
 
@@ -224,3 +252,78 @@ def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     assert dataclasses.replace(first.metrics, train_seconds=0) == dataclasses.replace(
         again.metrics, train_seconds=0
     )
+
+
+def test_under_dvc_exp_the_run_is_named_after_variant_and_experiment(
+    workspace: Workspace, prepared: Path, sqlite_store: str, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("DVC_EXP_NAME", "lunar-moth")
+    paths = run_train(workspace, prepared)
+    run = mlflow.MlflowClient(sqlite_store).get_run(
+        contracts.TrainedRun.read(paths["out"] / "run.json").run_id
+    )
+    assert run.info.run_name == "mlp@lunar-moth"
+    assert run.data.tags["dvc_experiment"] == "lunar-moth"
+    assert "experiment `lunar-moth`" in run.data.tags["mlflow.note.content"]
+
+
+def test_git_dirty_follows_code_and_params_not_pipeline_outputs(workspace: Workspace):
+    from pipeline import tracking
+
+    for name in ("dvc.lock", "metrics/evaluate.json", "params.yaml", "pipeline/stage.py"):
+        (workspace.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace.root / name).write_text("first\n")
+    git(workspace.root, "add", ".")
+    git(workspace.root, "commit", "--quiet", "-m", "project")
+    assert tracking.run_tags("train@mlp")["git_dirty"] == "false"
+
+    # What `dvc repro` rewrites before later stages start: not a change of the code.
+    (workspace.root / "dvc.lock").write_text("rewritten by dvc\n")
+    (workspace.root / "metrics" / "evaluate.json").write_text("{}\n")
+    assert tracking.run_tags("train@mlp")["git_dirty"] == "false"
+
+    for name in ("params.yaml", "pipeline/stage.py"):
+        (workspace.root / name).write_text("edited\n")
+        assert tracking.run_tags("train@mlp")["git_dirty"] == "true", name
+        git(workspace.root, "checkout", "--", name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stopped_training_ends_its_run_as_killed(
+    workspace: Workspace, prepared: Path, sqlite_store: str, signum: int
+):
+    """A CI timeout (SIGTERM) or Ctrl-C (SIGINT) to a real stage process mid-training."""
+    endless = {"mlp": TINY_VARIANTS["mlp"] | {"fit": TINY_VARIANTS["mlp"]["fit"] | {"epochs": 500}}}
+    write_params(workspace.root / "params.yaml", variants=["mlp"], models=endless)
+    command = [sys.executable, "-m", "pipeline.train", "--params=params.yaml", "--variant=mlp"]
+    command += [f"--data={prepared}", "--out=models/mlp", "--metrics=m.json", "--plots=p.csv"]
+    environment = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": sqlite_store}
+    process = subprocess.Popen(
+        command, cwd=workspace.root, env=environment, stderr=subprocess.PIPE, text=True
+    )
+    client = mlflow.MlflowClient(sqlite_store)
+    try:
+        run = wait_for_epochs(client, process, epochs=2)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    assert "marked KILLED" in stderr
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert not (workspace.root / "models").exists() and not (workspace.root / "m.json").exists()
+
+
+def wait_for_epochs(client, process: subprocess.Popen, *, epochs: int, timeout: float = 120):
+    """The stage's RUNNING run once it has logged `epochs` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        experiment = client.get_experiment_by_name(DATASET)
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= epochs:
+            assert runs[0].info.status == "RUNNING"
+            return runs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no run logged {epochs} epochs in {timeout} s")
