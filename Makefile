@@ -8,7 +8,7 @@ EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
 PORT ?= 3000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data postgres repro test test-fast lint format ui serve build bench clean
+.PHONY: help install data postgres browser repro test test-fast lint format ui serve build bench clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -28,7 +28,12 @@ $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# `dvc plots show` pages with Vega inline (npm pack), so they render offline; .dvc/config names it.
+PLOTS_TEMPLATE := .dvc/plots/offline.html
+$(PLOTS_TEMPLATE): | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+	$(BIN)/python -m pipeline.offline_plots --out $@
+
+install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)) $(PLOTS_TEMPLATE)
 
 # Debian ships the full Fashion-MNIST as a package; install it when we may (root or passwordless
 # sudo). Otherwise the download stage falls back to the canonical mirrors.
@@ -68,10 +73,34 @@ postgres:
 		fi; \
 	fi
 
+# $(call apt_install,PACKAGES,WHAT NEEDS THEM): install Debian packages when we may (root or
+# passwordless sudo); otherwise say what will be skipped.
+define apt_install
+if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "No apt-get here: $(2) will be skipped"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" = none ]; then \
+			echo "Not root: skipping 'apt-get install $(1)'; $(2) will be skipped"; \
+		else \
+			echo "Installing Debian packages $(1) (for $(2))"; \
+			$$SUDO apt-get install -y -qq $(1) >/dev/null 2>&1 \
+			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq $(1) >/dev/null 2>&1; } \
+			|| echo "Could not install $(1); $(2) will be skipped"; \
+		fi; \
+	fi
+endef
+
+# The page test (/ui) drives a real headless Chromium through chromedriver.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "Chromium and chromedriver found"; \
+	else $(call apt_install,chromium chromium-driver,the browser test of /ui); fi
+
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: install data postgres
+test: install data postgres browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: install
@@ -93,6 +122,7 @@ serve: install
 	@mkdir -p .bentoml
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
 		$(BIN)/python -m serving.package --tag-file .bentoml/serving-tag
+	@echo "Try the model at http://127.0.0.1:$(PORT)/ui (API: http://127.0.0.1:$(PORT)/; predictions recorded under $${MONITOR_DIR:-monitoring}/)"
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
 		BENTO_MODEL="$$(cat .bentoml/serving-tag)" \
 		$(BIN)/bentoml serve serving.service:Classifier --host 127.0.0.1 --port $(PORT)
