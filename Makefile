@@ -114,7 +114,9 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# MLflow 3's UI opens on its GenAI views unless told otherwise: the link picks "Model training".
 ui: install
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
 
 # The champion goes into the BentoML store first; the service then serves exactly that tag.
