@@ -25,7 +25,8 @@ def import_tensorflow() -> None:
 
     TF_CPP_MIN_LOG_LEVEL=2 (unless set) hides its info and warning logs; the oneDNN note comes
     before that level applies, so stderr is caught during the import and replayed without the
-    known lines. Anything else it printed (a real error) is passed on. PIPELINE_TF_LOGS=1 shows all.
+    known lines. Anything else it printed (a real error) is passed on; TensorFlow's Python logger
+    is set to errors only. PIPELINE_TF_LOGS=1 shows all.
     """
     if os.environ.get(VERBOSE_SWITCH) == "1" or "tensorflow" in sys.modules:
         import tensorflow
@@ -46,6 +47,9 @@ def import_tensorflow() -> None:
     kept = [line for line in text.splitlines() if not STARTUP_CHATTER.search(line)]
     if kept:
         print("\n".join(kept), file=sys.stderr)
+    # Its Python warnings (tf.function retracing when evaluate runs several models) say nothing
+    # a user can act on.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 def cpu_supports_bf16() -> bool:

@@ -327,3 +327,27 @@ def wait_for_epochs(client, process: subprocess.Popen, *, epochs: int, timeout: 
             return runs[0]
         time.sleep(0.2)
     raise AssertionError(f"no run logged {epochs} epochs in {timeout} s")
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_chatter_is_hidden_unless_asked_for():
+    code = "from pipeline import devices; devices.import_tensorflow(); print('imported')"
+
+    def stderr_of(**switch: str) -> str:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
+        environment.pop("PIPELINE_TF_LOGS", None)
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=environment | switch,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert result.stdout.strip() == "imported"
+        return result.stderr
+
+    # The baseline: what TensorFlow prints on import here when nothing filters it.
+    assert "oneDNN custom operations" in stderr_of(PIPELINE_TF_LOGS="1")
+    quiet = stderr_of()
+    assert "oneDNN" not in quiet and "absl::InitializeLog" not in quiet, quiet
