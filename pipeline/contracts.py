@@ -169,13 +169,21 @@ class TrainedRun(Contract):
 
 @dataclass(frozen=True)
 class VariantMetrics:
-    """One variant's validation and test results, as `evaluate` measured them."""
+    """One variant's validation and test results, as `evaluate` measured them.
 
-    val_accuracy: float
-    val_loss: float
+    In the order `dvc exp show` lists them: what people compare first.
+    """
+
     test_accuracy: float
-    test_loss: float
+    val_accuracy: float
     test_macro_f1: float
+    test_loss: float
+    val_loss: float
+    # Temperature scaling (pipeline.calibration): T fitted on validation, its effect on test.
+    temperature: float
+    test_ece: float
+    test_ece_calibrated: float
+    test_loss_calibrated: float
 
 
 @dataclass(frozen=True)
@@ -196,12 +204,12 @@ class Chosen(VariantMetrics, Choice):
 
 @dataclass(frozen=True)
 class EvaluateMetrics(Contract):
-    """`metrics/evaluate.json`: every variant's results and the choice (DVC metrics)."""
+    """`metrics/evaluate.json`: the choice and every variant's results (DVC metrics)."""
 
     writer: ClassVar[str] = "evaluate"
 
-    variants: dict[str, VariantMetrics]
     chosen: Chosen
+    variants: dict[str, VariantMetrics]
 
 
 @dataclass(frozen=True)

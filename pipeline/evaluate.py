@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import config, contracts, datasets, io, registry, tracking
+from pipeline import calibration, config, contracts, datasets, devices, io, registry, tracking
 
 if TYPE_CHECKING:
     import keras
@@ -170,6 +170,8 @@ class VariantEvaluation:
     report: dict[str, Any] = field(repr=False)
     report_text: str = field(repr=False)
     confusion: np.ndarray = field(repr=False)
+    # Test probabilities at the temperature fitted on validation (what the registry serves).
+    calibrated_test: np.ndarray | None = field(repr=False, default=None)
 
 
 @dataclass(frozen=True)
@@ -187,11 +189,23 @@ class Evaluation:
 def evaluate_variant(
     model: keras.Model, *, val: Labelled, test: Labelled, class_names: tuple[str, ...]
 ) -> VariantEvaluation:
-    """Score one model on validation and test; the classification report is on test."""
-    scores = {
-        split: score(np.asarray(model.predict(x, batch_size=1024, verbose=0)), labels)
-        for split, (x, labels) in (("val", val), ("test", test))
+    """Score one model on validation and test, and fit its temperature on validation
+    (`pipeline.calibration`); the classification report is on test."""
+    scorer = calibration.log_scores_model(model)
+    log_scores = {
+        split: np.asarray(scorer.predict(x, batch_size=1024, verbose=0))
+        for split, (x, _) in (("val", val), ("test", test))
     }
+    scores = {
+        split: score(calibration.softmax(log_scores[split]), labels)
+        for split, (_, labels) in (("val", val), ("test", test))
+    }
+    calibrated = calibration.calibrate(
+        val_log_scores=log_scores["val"],
+        val_labels=val[1],
+        test_log_scores=log_scores["test"],
+        test_labels=test[1],
+    )
     report, report_text, confusion = classification_report(
         test[1], scores["test"].predictions, class_names
     )
@@ -201,8 +215,16 @@ def evaluate_variant(
         test_accuracy=scores["test"].accuracy,
         test_loss=scores["test"].loss,
         test_macro_f1=report["macro avg"]["f1-score"],
+        **dataclasses.asdict(calibrated),
     )
-    return VariantEvaluation(metrics, scores["test"], report, report_text, confusion)
+    return VariantEvaluation(
+        metrics,
+        scores["test"],
+        report,
+        report_text,
+        confusion,
+        calibrated_test=calibration.softmax(log_scores["test"], calibrated.temperature),
+    )
 
 
 def evaluate(
@@ -257,13 +279,21 @@ def figures(
     title: str,
     count: int,
 ) -> dict[str, Any]:
-    """The variant's confusion matrix and most confident mistakes, by PNG file name."""
+    """The variant's confusion matrix, most confident mistakes and reliability diagram, by PNG
+    file name."""
     return {
         "confusion_matrix.png": confusion_figure(
             result.confusion, class_names, f"{title}: test confusion matrix"
         ),
         "misclassified.png": misclassified_figure(
             test[0], test[1], result.test, class_names, count=count, title=title
+        ),
+        "reliability.png": calibration.reliability_figure(
+            test[1],
+            before=result.test.probabilities,
+            after=result.calibrated_test,
+            temperature=result.metrics.temperature,
+            title=f"{title}: test reliability",
         ),
     }
 
@@ -325,7 +355,9 @@ def description(
     return (
         f"Variant `{evaluation.chosen}` trained on {meta.dataset} (run {run.run_id}), chosen by"
         f" {select_by}. Validation accuracy {metrics.val_accuracy:.4f}, test"
-        f" accuracy {metrics.test_accuracy:.4f}. Classes: {', '.join(meta.class_names)}."
+        f" accuracy {metrics.test_accuracy:.4f}. Probabilities calibrated by temperature"
+        f" {metrics.temperature:.3f} (fitted on validation; test ECE {metrics.test_ece:.4f} ->"
+        f" {metrics.test_ece_calibrated:.4f}). Classes: {', '.join(meta.class_names)}."
         f" Input: {INPUT_CONTRACT}."
     )
 
@@ -339,8 +371,10 @@ def register_chosen(
     test: Labelled,
     name: str,
     settings: config.EvaluateConfig,
+    model_uri: str,
 ) -> registry.Registration:
-    """Register the chosen variant and put it through the promotion gate."""
+    """Register the chosen variant's `model_uri` (its calibrated model, logged to its training
+    run) and put it through the promotion gate."""
     run = runs[evaluation.chosen]
     scored = {
         runs[variant].run_id: result.metrics.test_accuracy
@@ -350,7 +384,7 @@ def register_chosen(
         client,
         name=name,
         run_id=run.run_id,
-        model_uri=run.model_uri,
+        model_uri=model_uri,
         tags=version_tags(evaluation, run, meta, settings.select_by),
         description=description(evaluation, run, meta, settings.select_by),
         test_accuracy=evaluation.best.metrics.test_accuracy,
@@ -440,7 +474,14 @@ def record(
     """Log every variant's results to its training run; the chosen one's plots go to `plots`."""
     from matplotlib import pyplot
 
+    test_inputs = tracking.dataset_inputs(
+        name=meta.dataset,
+        content_sha256=meta.content_sha256,
+        source=meta.source,
+        splits={"testing": test},
+    )
     for variant, result in evaluation.variants.items():
+        tracking.log_datasets(runs[variant].run_id, test_inputs)
         drawn = figures(
             result, test, meta.class_names, title=f"{meta.dataset} {variant}", count=count
         )
@@ -451,7 +492,7 @@ def record(
         test_metrics = {
             key: value
             for key, value in dataclasses.asdict(result.metrics).items()
-            if key.startswith("test")
+            if key.startswith("test") or key == "temperature"
         }
         tracking.log_evaluation(
             runs[variant].run_id,
@@ -475,6 +516,7 @@ def record(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    devices.import_tensorflow()
     import keras
 
     params = config.load(args.params)
@@ -509,6 +551,12 @@ def main(argv: list[str] | None = None) -> None:
         plots=args.plots,
         count=params.evaluate.misclassified_examples,
     )
+    best = evaluation.best.metrics
+    calibrated_uri = tracking.log_calibrated_model(
+        runs[evaluation.chosen].run_id,
+        calibration.calibrated_model(models[evaluation.chosen], best.temperature),
+        example=val[0][:8],
+    )
     registration = register_chosen(
         client,
         evaluation,
@@ -517,6 +565,7 @@ def main(argv: list[str] | None = None) -> None:
         test=test,
         name=params.registered_model,
         settings=params.evaluate,
+        model_uri=calibrated_uri,
     )
     champion = champion_record(client, registration, chosen=evaluation.chosen)
     champion.write(args.out)

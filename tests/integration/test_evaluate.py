@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import contracts, evaluate, registry, train
+from pipeline import calibration, contracts, evaluate, registry, train
 from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
@@ -97,15 +97,21 @@ def assert_results_went_to_the_training_runs(
                 "classification_report.txt",
                 "confusion_matrix.png",
                 "misclassified.png",
+                "reliability.png",
             )
         }
+        # The temperature fitted on validation and the test ECE before and after it.
+        for key in ("temperature", "test_ece", "test_ece_calibrated", "test_loss_calibrated"):
+            assert run.data.metrics[key] == pytest.approx(getattr(metrics, key))
+        assert run.info.status == "FINISHED"
 
 
 def assert_registered_with_tags(
     version, *, chosen: str, run: contracts.TrainedRun, meta, metrics, commit: str
 ) -> None:
     assert str(version.version) == "1" and version.run_id == run.run_id
-    assert version.source == run.model_uri
+    # The registered model is the calibrated one, logged to the same training run.
+    assert version.source != run.model_uri
     tags = registry.VersionTags.from_tags(version.tags)
     assert tags.variant == chosen
     assert tags.dataset == DATASET
@@ -164,7 +170,7 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     assert {record["actual"] for record in records} == set(synthetic.CLASS_NAMES)
     correct = sum(record["actual"] == record["predicted"] for record in records)
     assert correct / len(records) == pytest.approx(best.test_accuracy)
-    for file_name in ("confusion_matrix.png", "misclassified.png"):
+    for file_name in ("confusion_matrix.png", "misclassified.png", "reliability.png"):
         assert (root / "plots" / "evaluate" / file_name).read_bytes()[:8] == PNG
 
     assert_registered_with_tags(
@@ -177,9 +183,14 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     )
     with np.load(prepared / "test.npz") as data:
         x_test = data["x"]
-    served = mlflow.keras.load_model(champion.alias_uri)
-    local = keras.saving.load_model(root / "models" / chosen / "model.keras")
-    np.testing.assert_allclose(np.asarray(served(x_test)), np.asarray(local(x_test)), atol=1e-6)
+    # The registry serves model.keras's probabilities at the fitted temperature: the same class,
+    # softmax(log p / T) for the probabilities, as serving loads it (a plain Keras file).
+    served = np.asarray(mlflow.keras.load_model(champion.alias_uri)(x_test))
+    local = np.asarray(keras.saving.load_model(root / "models" / chosen / "model.keras")(x_test))
+    expected = calibration.softmax(np.log(np.clip(local, 1e-30, 1)), best.temperature)
+    np.testing.assert_allclose(served, expected, atol=1e-4)
+    np.testing.assert_array_equal(served.argmax(axis=1), local.argmax(axis=1))
+    assert champion.metrics["temperature"] == pytest.approx(best.temperature, abs=1e-6)
 
     # Evaluating the same models again registers nothing new.
     evaluate.main(evaluate_argv)

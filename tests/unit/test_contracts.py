@@ -19,7 +19,15 @@ TRAIN_METRICS = contracts.TrainMetrics(
     best_val_accuracy=0.91,
 )
 VARIANT_METRICS = contracts.VariantMetrics(
-    val_accuracy=0.9, val_loss=0.3, test_accuracy=0.89, test_loss=0.33, test_macro_f1=0.88
+    val_accuracy=0.9,
+    val_loss=0.3,
+    test_accuracy=0.89,
+    test_loss=0.33,
+    test_macro_f1=0.88,
+    temperature=0.8,
+    test_ece=0.04,
+    test_ece_calibrated=0.01,
+    test_loss_calibrated=0.31,
 )
 EXAMPLES = {
     "manifest": contracts.RawManifest(

@@ -15,6 +15,10 @@ def val(accuracy: float, loss: float, *, test_accuracy=0.5, test_loss=1.0):
         test_accuracy=test_accuracy,
         test_loss=test_loss,
         test_macro_f1=test_accuracy,
+        temperature=1.0,
+        test_ece=0.05,
+        test_ece_calibrated=0.01,
+        test_loss_calibrated=test_loss,
     )
 
 
@@ -62,28 +66,40 @@ def test_score_is_accuracy_and_plain_cross_entropy():
     assert scores.loss == pytest.approx(expected)
 
 
-class Fixed:
-    """A stand-in model whose predictions are given: evaluate only calls `predict`."""
-
-    def __init__(self, by_size: dict[int, np.ndarray]) -> None:
-        self.by_size = by_size
-
-    def predict(self, x: np.ndarray, **_: object) -> np.ndarray:
-        return self.by_size[len(x)]
+def images(count: int, *, first: int) -> np.ndarray:
+    """`count` blank images, image i with pixel number `first + i` lit: its identity."""
+    x = np.zeros((count, 28 * 28), np.float32)
+    x[np.arange(count), first + np.arange(count)] = 1.0
+    return x.reshape(count, 28, 28)
 
 
-def one_hot_rows(labels: list[int], classes: int = 3) -> np.ndarray:
-    return np.eye(classes)[labels]
+def answering(answers: dict[int, int], classes: int = 3):
+    """A real Keras model (flatten, softmax dense) that gives the image lighting pixel p class
+    `answers[p]` with probability ~1: the answers are set through its weights."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(classes, activation="softmax", name="probabilities"),
+        ]
+    )
+    kernel = np.zeros((28 * 28, classes), np.float32)
+    for pixel, label in answers.items():
+        kernel[pixel, label] = 30.0
+    model.layers[-1].set_weights([kernel, np.zeros(classes, np.float32)])
+    return model
 
 
 def test_evaluate_scores_every_variant_and_chooses_by_validation():
-    val_split = (np.zeros((4, 28, 28)), np.array([0, 1, 2, 0]))
-    test_split = (np.zeros((2, 28, 28)), np.array([1, 2]))
+    val_split = (images(4, first=0), np.array([0, 1, 2, 0]))
+    test_split = (images(2, first=4), np.array([1, 2]))
     models = {
         # Right on all of validation, wrong on all of test.
-        "val_star": Fixed({4: one_hot_rows([0, 1, 2, 0]), 2: one_hot_rows([0, 0])}),
+        "val_star": answering({0: 0, 1: 1, 2: 2, 3: 0, 4: 0, 5: 0}),
         # Half right on validation, right on all of test.
-        "test_star": Fixed({4: one_hot_rows([0, 1, 0, 1]), 2: one_hot_rows([1, 2])}),
+        "test_star": answering({0: 0, 1: 1, 2: 0, 3: 1, 4: 1, 5: 2}),
     }
     result = evaluate.evaluate(
         models=models,
@@ -100,6 +116,16 @@ def test_evaluate_scores_every_variant_and_chooses_by_validation():
     assert result.variants["test_star"].metrics.test_accuracy == 1.0
     assert result.variants["test_star"].metrics.test_macro_f1 == pytest.approx(2 / 3)
     np.testing.assert_array_equal(result.variants["test_star"].confusion[1:, 1:], np.eye(2))
+    # Every variant gets a temperature fitted on validation and its test ECE before and after.
+    for variant in result.variants.values():
+        metrics = variant.metrics
+        assert metrics.temperature > 0 and 0 <= metrics.test_ece_calibrated <= 1
+        np.testing.assert_allclose(variant.calibrated_test.sum(axis=1), 1.0)
+        np.testing.assert_array_equal(
+            variant.calibrated_test.argmax(axis=1), variant.test.predictions
+        )
+    # Always right and sure on validation: the fit sharpens as far as it may.
+    assert result.variants["val_star"].metrics.temperature < 1.0
 
 
 def test_check_against_training_warns_about_a_model_train_did_not_validate():
