@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,9 @@ import yaml
 
 from pipeline import contracts
 from tests.support import servers, synthetic
+from tests.support.project import copy_tree
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[2]
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 TINY_MODELS = {
@@ -40,27 +39,6 @@ TINY_MODELS = {
 }
 
 
-def copy_project(destination: Path) -> None:
-    """The tracked files of the repository, as a fresh clone would have them."""
-    listed = (
-        subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=REPO,
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")
-    )
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
-
-
 def png_bytes(image: np.ndarray) -> bytes:
     from PIL import Image
 
@@ -73,7 +51,8 @@ def tiny_project(tmp_path: Path) -> Path:
     """A copy of the project whose params train the tiny variants, on synthetic data when the
     machine has no Fashion-MNIST."""
     project = tmp_path / "project"
-    copy_project(project)
+    copy_tree(project)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["variants"] = list(TINY_MODELS)
     params["train"]["models"] = TINY_MODELS
