@@ -169,6 +169,38 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """One check of the drift report: a named test and its threshold. `chi2` (class mix only)
+    and `ks`: drift when the p-value is below the threshold; `psi`: when the population
+    stability index is above it."""
+
+    test: Literal["chi2", "ks", "psi"]
+    threshold: float
+
+
+@dataclass(frozen=True)
+class DriftChecks:
+    """The drift report's checks, one per recorded quantity."""
+
+    class_mix: DriftCheck = DriftCheck("chi2", 0.001)
+    confidence: DriftCheck = DriftCheck("ks", 0.001)
+    mean_intensity: DriftCheck = DriftCheck("ks", 0.001)
+    ink_fraction: DriftCheck = DriftCheck("ks", 0.001)
+    box_height: DriftCheck = DriftCheck("ks", 0.001)
+    box_width: DriftCheck = DriftCheck("ks", 0.001)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Section `monitor`: the drift report of the served predictions (`serving.monitor`), which
+    no DVC stage runs."""
+
+    # Fewer predictions than this get a "not enough data" answer instead of a verdict.
+    min_predictions: int = 100
+    checks: DriftChecks = field(default_factory=DriftChecks)
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of params.yaml."""
 
@@ -176,6 +208,7 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     train: TrainConfig | None = None
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def registered_model(self) -> str:

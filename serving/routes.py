@@ -7,15 +7,18 @@ and back costs in contention. Every refusal is an `ApiError`, answered as JSON.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from serving import oip, preprocess, uploads
 from serving.errors import ApiError
@@ -23,6 +26,10 @@ from serving.model import ServedModel
 from serving.settings import Settings
 
 SERVER_NAME = "mnist-mlops"
+# The page at /ui: plain HTML, CSS and JavaScript served from here, nothing from elsewhere.
+STATIC = Path(__file__).resolve().parent / "static"
+# Answers of /predict_image?show_input=true carry the model input, rounded to this many decimals.
+INPUT_DECIMALS = 4
 
 
 def _service():
@@ -46,12 +53,30 @@ def _model_inputs(model: ServedModel, settings: Settings, images: list[bytes], f
     return np.stack(batch)
 
 
+def _show_input(request: Request) -> bool:
+    value = request.query_params.get("show_input", "false").lower()
+    if value not in ("true", "1", "false", "0"):
+        raise ApiError(f"show_input must be true or false, got {value!r}")
+    return value in ("true", "1")
+
+
+def _watched(endpoint: str, batch: np.ndarray, probabilities: np.ndarray) -> BackgroundTask:
+    """The watch's record of an answer, written once the answer is on its way."""
+    return BackgroundTask(_service().watch.record, endpoint, batch, probabilities)
+
+
 async def predict_image(request: Request) -> JSONResponse:
-    """One image, as the multipart file field `image` or as the raw body."""
+    """One image, as the multipart file field `image` or as the raw body. With
+    `?show_input=true` the answer also holds `input`: the 28x28 picture the model was given."""
     service = _service()
+    show_input = _show_input(request)
     images = await uploads.uploads(request, field="image", max_count=1)
     batch = _model_inputs(service.model, service.settings, images, "image")
-    return JSONResponse(service.model.classify(batch)[0])
+    probabilities = service.model.probabilities(batch)
+    answer = service.model.results(probabilities)[0]
+    if show_input:
+        answer["input"] = np.round(batch[0].astype(np.float64), INPUT_DECIMALS).tolist()
+    return JSONResponse(answer, background=_watched("predict_image", batch, probabilities))
 
 
 async def predict_images(request: Request) -> JSONResponse:
@@ -59,7 +84,11 @@ async def predict_images(request: Request) -> JSONResponse:
     service = _service()
     images = await uploads.uploads(request, field="images", max_count=service.settings.max_images)
     batch = _model_inputs(service.model, service.settings, images, "images")
-    return JSONResponse(service.model.classify(batch))
+    probabilities = service.model.probabilities(batch)
+    return JSONResponse(
+        service.model.results(probabilities),
+        background=_watched("predict_images", batch, probabilities),
+    )
 
 
 def _known_model(request: Request) -> ServedModel:
@@ -116,14 +145,22 @@ async def infer(request: Request) -> Response:
         header_length=request.headers.get(oip.HEADER_LENGTH),
         max_items=settings.max_batch_items,
     )
+    probabilities = model.probabilities(parsed.images)
     body, headers = oip.encode_response(
-        model.probabilities(parsed.images),
+        probabilities,
         model_name=model.name,
         model_version=model.version,
         request_id=parsed.request_id,
         binary=parsed.binary_output,
     )
-    return Response(body, headers=headers)
+    return Response(
+        body, headers=headers, background=_watched("oip_infer", parsed.images, probabilities)
+    )
+
+
+async def page(request: Request) -> FileResponse:
+    """The page to try the model by hand (serving/static/index.html)."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def _refused(request: Request, error: ApiError) -> Response:
@@ -152,6 +189,8 @@ def _model_routes(prefix: str) -> list[Route]:
 def app() -> Starlette:
     """The routes mounted at / of the BentoML service."""
     routes: list[Any] = [
+        Route("/ui", page, methods=["GET"]),
+        Mount("/ui/static", StaticFiles(directory=STATIC), name="static"),
         Route("/predict_image", predict_image, methods=["POST"]),
         Route("/predict_images", predict_images, methods=["POST"]),
         Route("/v2", server_metadata, methods=["GET"]),

@@ -25,6 +25,7 @@ from serving import failfast, preprocess, routes
 from serving.edge import Edge
 from serving.model import ServedModel, threads_per_worker
 from serving.settings import Declared, Settings
+from serving.watch import PredictWatch, Watch, keep_predict_inputs
 
 log = logging.getLogger("serving")
 
@@ -38,9 +39,11 @@ def checked_pixels(pixels: Any) -> np.ndarray:
     so one client's bad batch is a 400 for that client only."""
     limit = bentoml.get_current_service().settings.max_batch_items
     try:
-        return preprocess.pixels_to_batch(pixels, max_items=limit)
+        batch = preprocess.pixels_to_batch(pixels, max_items=limit)
     except preprocess.ImageError as error:
         raise ValueError(str(error)) from None
+    keep_predict_inputs(batch)
+    return batch
 
 
 @bentoml.service(
@@ -48,6 +51,9 @@ def checked_pixels(pixels: Any) -> np.ndarray:
     workers=DECLARED.workers,
     traffic={"timeout": 30},
     resources={"cpu": "2"},
+    # The watch's records (serving.watch): JSON lines under MONITOR_DIR. A BentoML configuration
+    # file (BENTOML_CONFIG) can override this, e.g. `type: otlp` to ship them instead.
+    monitoring={"enabled": True, "type": "default", "options": {"log_path": DECLARED.monitor_dir}},
 )
 @bentoml.asgi_app(routes.app(), path="/")
 class Classifier:
@@ -67,6 +73,12 @@ class Classifier:
         except Exception as error:
             failfast.stop_server(f"model {DECLARED.model_tag}: {type(error).__name__}: {error}")
             raise
+        self.watch = Watch(
+            model_name=self.model.name,
+            model_version=self.model.version,
+            class_names=self.model.class_names,
+            pixel_rate=self.settings.monitor_pixel_rate,
+        )
         log.info("serving %s v%s (%s)", self.model.name, self.model.version, DECLARED.model_tag)
 
     # BentoML answers 503 to a queued request once it has waited, or is predicted to wait, longer
@@ -89,4 +101,5 @@ class Classifier:
 
 
 Classifier.add_asgi_middleware(Edge)
+Classifier.add_asgi_middleware(PredictWatch)
 failfast.arm()

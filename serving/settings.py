@@ -2,7 +2,7 @@
 
 Three are read when `serving.service` is imported instead (`Declared`), because BentoML takes them
 from the class declaration, and `bentoml build` packs the model the class names: `BENTO_MODEL`,
-`SERVING_WORKERS` and `BATCH_MAX_LATENCY_MS`.
+`SERVING_WORKERS`, `BATCH_MAX_LATENCY_MS` and `MONITOR_DIR` (the monitoring configuration).
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Settings:
     tf_threads: int = 0
     # Seconds a client is told to wait (Retry-After) when the service sheds load.
     retry_after_s: int = 1
+    # Fraction of predictions whose 28x28 model input the watch also records (0 = none, 1 = all).
+    monitor_pixel_rate: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -42,6 +44,9 @@ class Settings:
             name = field.name.upper()
             text = environ.get(name)
             if text is None or text == "":
+                continue
+            if field.type in ("float", float):
+                values[field.name] = _fraction(name, text)
                 continue
             try:
                 value = int(text)
@@ -64,6 +69,8 @@ class Declared:
     workers: int = 0
     # /predict sheds (503) a request predicted to wait longer than this for its batch.
     batch_max_latency_ms: int = 10_000
+    # Where `bentoml.monitor` writes the watch's JSON lines (relative to the server's folder).
+    monitor_dir: str = "monitoring"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Declared:
@@ -74,7 +81,18 @@ class Declared:
             batch_max_latency_ms=_positive(
                 environ, "BATCH_MAX_LATENCY_MS", cls.batch_max_latency_ms
             ),
+            monitor_dir=environ.get("MONITOR_DIR") or cls.monitor_dir,
         )
+
+
+def _fraction(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number from 0 to 1, got {text!r}")
+    return value
 
 
 def _positive(environ: Mapping[str, str], name: str, default: int) -> int:

@@ -45,3 +45,13 @@ def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str =
     with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
         model.save(stored.path_of("model.keras"))
     return tag
+
+
+def store_keras_model(model, tag: str, *, metadata: dict) -> str:
+    """Save a Keras model into the current BentoML store as `tag` with exactly `metadata` (which
+    `serving.model.ServedModel` reads: registered_model, version, class_names, content_size...)."""
+    import bentoml
+
+    with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
+        model.save(stored.path_of("model.keras"))
+    return tag

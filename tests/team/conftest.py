@@ -6,7 +6,6 @@ Fixtures only; what they are built from lives in `tests/support` (postgres.py, p
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +64,7 @@ def team_server(
     """`mlflow server --backend-store-uri postgresql://... --artifacts-destination <folder>`."""
     root = tmp_path_factory.mktemp("team-server")
     backend = postgres_cluster.create_database(DATABASE)
-    port = servers.free_port()
-    command = servers.mlflow_server_command(port, backend=backend, artifacts=root / "artifacts")
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    # Background job runners (seven worker processes) serve features these tests do not use.
-    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with servers.running(
-        "mlflow server", command, port=port, log=root / "server.log", env=environment, cwd=root
-    ) as server:
-        server.wait_ready("/health", timeout=SERVER_START_TIMEOUT)
+    with servers.mlflow_server(root, backend=backend, timeout=SERVER_START_TIMEOUT) as server:
         yield TeamServer(server.url, postgres_cluster, DATABASE, root / "artifacts")
 
 

@@ -59,7 +59,13 @@ def shape_store(tmp_path_factory: pytest.TempPathFactory) -> ShapeStore:
 
 
 @pytest.fixture(scope="session")
-def asgi_client(shape_store: ShapeStore) -> Iterator[TestClient]:
+def asgi_monitor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the in-process service's watch writes (MONITOR_DIR)."""
+    return tmp_path_factory.mktemp("asgi-monitoring")
+
+
+@pytest.fixture(scope="session")
+def asgi_client(shape_store: ShapeStore, asgi_monitor_dir: Path) -> Iterator[TestClient]:
     """The service app in this process. `serving.service` reads its model tag when imported, so
     it is imported here with the test's environment and removed from sys.modules afterwards."""
     import serving
@@ -67,7 +73,8 @@ def asgi_client(shape_store: ShapeStore) -> Iterator[TestClient]:
     previous = sys.modules.pop("serving.service", None)
     try:
         with bento.bentoml_home(shape_store.home), pytest.MonkeyPatch.context() as patch:
-            for name, value in shape_store.environment().items():
+            environment = shape_store.environment(MONITOR_DIR=str(asgi_monitor_dir))
+            for name, value in environment.items():
                 patch.setenv(name, value)
             service = importlib.import_module("serving.service")
             with TestClient(service.Classifier.to_asgi()) as test_client:
@@ -85,8 +92,11 @@ def asgi_client(shape_store: ShapeStore) -> Iterator[TestClient]:
 @pytest.fixture(scope="session")
 def served(shape_store: ShapeStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A real `bentoml serve` of the shape model with the test limits (two workers)."""
-    log = tmp_path_factory.mktemp("served") / "serve.log"
-    environment = shape_store.environment(SERVING_WORKERS="2")
+    folder = tmp_path_factory.mktemp("served")
+    environment = shape_store.environment(
+        SERVING_WORKERS="2", MONITOR_DIR=str(folder / "monitoring")
+    )
+    log = folder / "serve.log"
     with servers.bentoml_serve(environment, log=log) as server:
         server.wait_ready("/readyz", timeout=120)
         yield server
@@ -101,3 +111,98 @@ def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
     server = request.getfixturevalue("served")
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
+
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_TAG = "fashion-mnist-classifier:1"
+
+
+@dataclass(frozen=True)
+class FashionStore:
+    """A small Fashion-MNIST model trained here, in a BentoML store, and the test split."""
+
+    home: Path
+    tag: str
+    class_names: tuple[str, ...]
+    test_images: np.ndarray  # uint8 (10000, 28, 28)
+    test_npz: Path  # the test split as the `prepare` stage writes it
+    test_accuracy: float
+
+    def environment(self, **extra: str) -> dict[str, str]:
+        return {"BENTOML_HOME": str(self.home), "BENTO_MODEL": self.tag} | extra
+
+
+def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    from pipeline import idx
+
+    images = idx.read(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz")
+    labels = idx.read(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz")
+    return images, labels.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def fashion_store(tmp_path_factory: pytest.TempPathFactory) -> FashionStore:
+    """An MLP fitted for a few seconds on 6,000 Fashion-MNIST training images (about 80% on the
+    test split), stored as `serving.package` stores the champion, with its test accuracy."""
+    if not FASHION_DIR.is_dir():
+        pytest.skip(f"{FASHION_DIR} is absent (`make data` installs dataset-fashion-mnist)")
+    import keras
+
+    from pipeline import datasets
+
+    keras.utils.set_random_seed(0)
+    train_images, train_labels = _fashion_split("train")
+    test_images, test_labels = _fashion_split("t10k")
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(train_images[:6000] / 255.0, train_labels[:6000], epochs=4, batch_size=64, verbose=0)
+    test_x = (test_images / 255.0).astype(np.float32)
+    accuracy = float((model.predict(test_x, verbose=0).argmax(axis=1) == test_labels).mean())
+    folder = tmp_path_factory.mktemp("fashion")
+    class_names = datasets.get("fashion_mnist").class_names
+    metadata = {
+        "registered_model": "fashion-mnist-classifier",
+        "version": "1",
+        "dataset": "fashion_mnist",
+        "class_names": list(class_names),
+        "content_size": datasets.content_size("fashion_mnist"),
+        "metrics": {"test_accuracy": accuracy},
+    }
+    with bento.bentoml_home(folder / "bentoml"):
+        bento.store_keras_model(model, FASHION_TAG, metadata=metadata)
+    test_npz = folder / "test.npz"
+    np.savez(test_npz, x=test_x, labels=test_labels)
+    return FashionStore(
+        folder / "bentoml", FASHION_TAG, class_names, test_images, test_npz, accuracy
+    )
+
+
+@pytest.fixture(scope="session")
+def fashion_monitor_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the real Fashion service's watch writes (MONITOR_DIR)."""
+    return tmp_path_factory.mktemp("fashion-monitoring")
+
+
+@pytest.fixture(scope="session")
+def fashion_served(
+    fashion_store: FashionStore, fashion_monitor_dir: Path, tmp_path_factory
+) -> Iterator[servers.Server]:
+    """A real `bentoml serve` of the Fashion model: two workers, the watch writing to
+    `fashion_monitor_dir` with every input's pixels, a 1 MiB body limit."""
+    environment = fashion_store.environment(
+        SERVING_WORKERS="2",
+        MONITOR_DIR=str(fashion_monitor_dir),
+        MAX_BODY_BYTES=str(1024 * 1024),
+        MONITOR_PIXEL_RATE="1",
+    )
+    log = tmp_path_factory.mktemp("fashion-served") / "serve.log"
+    with servers.bentoml_serve(environment, log=log) as server:
+        server.wait_ready("/readyz", timeout=120)
+        yield server
