@@ -129,7 +129,12 @@ class FashionStore:
     test_accuracy: float
 
     def environment(self, **extra: str) -> dict[str, str]:
-        return {"BENTOML_HOME": str(self.home), "BENTO_MODEL": self.tag} | extra
+        """The service's default limits (the in-process fixture may have set the test limits
+        in this process's environment, which a server would inherit), and `extra`."""
+        from serving.settings import Settings
+
+        defaults = {name: str(getattr(Settings(), name.lower())) for name in LIMITS}
+        return {"BENTOML_HOME": str(self.home), "BENTO_MODEL": self.tag} | defaults | extra
 
 
 def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:
