@@ -61,8 +61,15 @@ def _show_input(request: Request) -> bool:
 
 
 def _watched(endpoint: str, batch: np.ndarray, probabilities: np.ndarray) -> BackgroundTask:
-    """The watch's record of an answer, written once the answer is on its way."""
-    return BackgroundTask(_service().watch.record, endpoint, batch, probabilities)
+    """The watch's record of an answer, written once the answer is on its way. A coroutine, so
+    Starlette runs it in the event loop: a sync task would cost a hop to its thread pool, which
+    is more than the record itself."""
+    watch = _service().watch
+
+    async def record() -> None:
+        watch.record(endpoint, batch, probabilities)
+
+    return BackgroundTask(record)
 
 
 async def predict_image(request: Request) -> JSONResponse:
