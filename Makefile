@@ -35,67 +35,43 @@ $(PLOTS_TEMPLATE): | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)) $(PLOTS_TEMPLATE)
 
-# Debian ships the full Fashion-MNIST as a package; install it when we may (root or passwordless
-# sudo). Otherwise the download stage falls back to the canonical mirrors.
-data:
-	@if [ -d $(FASHION_DIR) ]; then \
-		echo "Fashion-MNIST found in $(FASHION_DIR)"; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "No apt-get here: the download stage will try the mirrors"; \
-	else \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-		if [ "$$SUDO" = none ]; then \
-			echo "Not root: skipping 'apt-get install dataset-fashion-mnist'; the download stage will try the mirrors"; \
-		else \
-			echo "Installing Debian package dataset-fashion-mnist (the full Fashion-MNIST, offline)"; \
-			$$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
-			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
-			|| echo "Could not install dataset-fashion-mnist; the download stage will try the mirrors"; \
-		fi; \
-	fi
-
-# The team tests (tests/team) start a private PostgreSQL cluster from Debian's `postgresql`
-# binaries; install them when we may. Without them those tests skip and say why.
-postgres:
-	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-		echo "PostgreSQL found: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "No apt-get here: the team tests (PostgreSQL-backed MLflow) will be skipped"; \
-	else \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-		if [ "$$SUDO" = none ]; then \
-			echo "Not root: skipping 'apt-get install postgresql'; the team tests will be skipped"; \
-		else \
-			echo "Installing Debian package postgresql (for the team tests)"; \
-			$$SUDO apt-get install -y -qq postgresql >/dev/null 2>&1 \
-			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq postgresql >/dev/null 2>&1; } \
-			|| echo "Could not install postgresql; the team tests will be skipped"; \
-		fi; \
-	fi
-
-# $(call apt_install,PACKAGES,WHAT NEEDS THEM): install Debian packages when we may (root or
-# passwordless sudo); otherwise say what will be skipped.
+# $(call apt_install,PACKAGES,WHAT HAPPENS WITHOUT THEM): install Debian packages when we may
+# (root or passwordless sudo); otherwise say what that means.
 define apt_install
 if ! command -v apt-get >/dev/null 2>&1; then \
-		echo "No apt-get here: $(2) will be skipped"; \
+		echo "No apt-get here: $(2)"; \
 	else \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
 		if [ "$$SUDO" = none ]; then \
-			echo "Not root: skipping 'apt-get install $(1)'; $(2) will be skipped"; \
+			echo "Not root: skipping 'apt-get install $(1)'; $(2)"; \
 		else \
-			echo "Installing Debian packages $(1) (for $(2))"; \
+			echo "Installing Debian packages $(1)"; \
 			$$SUDO apt-get install -y -qq $(1) >/dev/null 2>&1 \
 			|| { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq $(1) >/dev/null 2>&1; } \
-			|| echo "Could not install $(1); $(2) will be skipped"; \
+			|| echo "Could not install $(1); $(2)"; \
 		fi; \
 	fi
 endef
+
+# Debian ships the full Fashion-MNIST as a package; install it when we may. Otherwise the download
+# stage falls back to the canonical mirrors.
+data:
+	@if [ -d $(FASHION_DIR) ]; then \
+		echo "Fashion-MNIST found in $(FASHION_DIR)"; \
+	else $(call apt_install,dataset-fashion-mnist,the download stage will try the mirrors); fi
+
+# The team tests (tests/team) start a private PostgreSQL cluster from Debian's `postgresql`
+# binaries. Without them those tests skip and say why.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "PostgreSQL found: $$(ls -d /usr/lib/postgresql/*/bin | tail -1)"; \
+	else $(call apt_install,postgresql,the team tests (PostgreSQL-backed MLflow) will be skipped); fi
 
 # The page test (/ui) drives a real headless Chromium through chromedriver.
 browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
 		echo "Chromium and chromedriver found"; \
-	else $(call apt_install,chromium chromium-driver,the browser test of /ui); fi
+	else $(call apt_install,chromium chromium-driver,the browser tests (/ui$(comma) dvc plots$(comma) MLflow UI) will be skipped); fi
 
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

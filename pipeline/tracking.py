@@ -51,9 +51,17 @@ def is_embedded(uri: str) -> bool:
 def tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` when set (a team's server), else the SQLite store at the repo root.
 
-    The path is absolute: a relative `sqlite:///mlflow.db` would follow the working directory.
+    SQLite paths come out absolute: a relative `sqlite:///mlflow.db` would follow the working
+    directory, into a `dvc exp run --queue` copy that is deleted afterwards. A relative path in
+    `MLFLOW_TRACKING_URI` is taken from the project root.
     """
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_DB}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{project_root() / DEFAULT_DB}"
+    path = uri.removeprefix("sqlite:///")
+    if path != uri and path and not path.startswith("/") and ":memory:" not in path:
+        return f"sqlite:///{project_root() / path}"
+    return uri
 
 
 def get_or_create_experiment(client, name: str) -> str:

@@ -5,7 +5,6 @@ Fixtures only; what they are built from lives in `tests/support`.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,17 +88,9 @@ def sqlite_store(
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied artefacts; its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = servers.free_port()
-    command = servers.mlflow_server_command(
-        port, backend=f"sqlite:///{root / 'server.db'}", artifacts=root / "artifacts"
-    )
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    # Background job runners (seven worker processes) serve features these tests do not use.
-    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with servers.running(
-        "mlflow server", command, port=port, log=root / "server.log", env=environment, cwd=root
+    with servers.mlflow_server(
+        root, backend=f"sqlite:///{root / 'server.db'}", timeout=SERVER_START_TIMEOUT
     ) as server:
-        server.wait_ready("/health", timeout=SERVER_START_TIMEOUT)
         yield server.url
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -170,16 +169,7 @@ def test_dvc_plots_render_offline_with_the_local_vega_template(experiments, tmp_
 def test_the_mlflow_ui_lists_the_training_runs_with_their_datasets(experiments, tmp_path):
     copy, _ = experiments
     chromium.executable()
-    port = servers.free_port()
-    command = servers.mlflow_server_command(
-        port, backend=f"sqlite:///{copy / 'mlflow.db'}", artifacts=copy / "mlartifacts"
-    )
-    environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-    environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    with servers.running(
-        "mlflow server", command, port=port, log=tmp_path / "server.log", env=environment, cwd=copy
-    ) as server:
-        server.wait_ready("/health", timeout=120)
+    with servers.mlflow_server(tmp_path, backend=f"sqlite:///{copy / 'mlflow.db'}") as server:
         experiment = mlflow.MlflowClient(server.url).get_experiment_by_name("synthetic")
         # MLflow 3.17's UI picks GenAI or model-training views by a switch of its own (the
         # experiment kind tag does not decide it); this is the link `make ui` prints.
