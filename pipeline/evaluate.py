@@ -557,16 +557,17 @@ def main(argv: list[str] | None = None) -> None:
         calibration.calibrated_model(models[evaluation.chosen], best.temperature),
         example=val[0][:8],
     )
-    registration = register_chosen(
-        client,
-        evaluation,
-        runs=runs,
-        meta=meta,
-        test=test,
-        name=params.registered_model,
-        settings=params.evaluate,
-        model_uri=calibrated_uri,
-    )
+    with tracking.registry_lock():
+        registration = register_chosen(
+            client,
+            evaluation,
+            runs=runs,
+            meta=meta,
+            test=test,
+            name=params.registered_model,
+            settings=params.evaluate,
+            model_uri=calibrated_uri,
+        )
     champion = champion_record(client, registration, chosen=evaluation.chosen)
     champion.write(args.out)
     evaluate_metrics(evaluation, registration).write(args.metrics)

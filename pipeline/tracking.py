@@ -44,6 +44,29 @@ def project_root(start: Path | None = None) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def registry_lock() -> Iterator[None]:
+    """Hold the promotion gate (read the champion, score it, move the alias) for this process
+    against every other pipeline process of this project on this machine, whatever the store.
+
+    `dvc queue start -j N` runs N `evaluate` stages at once, each in a temporary copy; without
+    the lock two of them could both read the old champion and the worse one move the alias last.
+    The lock file is in the main workspace's `.dvc/tmp/`, which the copies share (project_root).
+    Machines sharing one tracking server are not covered (README: Team set-up).
+    """
+    import fcntl
+
+    root = project_root()
+    folder = root / ".dvc" / "tmp" if (root / ".dvc").is_dir() else root
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "registry.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def is_embedded(uri: str) -> bool:
     return uri.startswith("sqlite:")
 

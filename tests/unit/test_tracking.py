@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,3 +45,30 @@ def test_absolute_and_server_uris_are_kept(
 ):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert tracking.tracking_uri() == uri
+
+
+def test_the_registry_lock_is_shared_by_experiment_copies_and_the_workspace(
+    experiment_copy: Path,
+):
+    """Held here (inside a queued experiment's copy), a second process working in the main
+    workspace waits for it: two parallel `evaluate`s take the promotion gate in turn."""
+    root = experiment_copy.parents[3]
+    repo = Path(__file__).resolve().parents[2]
+    waiter = [
+        sys.executable,
+        "-c",
+        "from pipeline import tracking\nwith tracking.registry_lock(): print('got it')",
+    ]
+    environment = os.environ | {"PYTHONPATH": str(repo)}
+    with tracking.registry_lock():
+        process = subprocess.Popen(
+            waiter, cwd=root, env=environment, stdout=subprocess.PIPE, text=True
+        )
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=1.5)
+        finally:
+            released_at = time.monotonic()
+    out, _ = process.communicate(timeout=30)
+    assert out.strip() == "got it" and process.returncode == 0
+    assert time.monotonic() - released_at < 30
