@@ -141,6 +141,24 @@ def train_variant(name: str, variant: config.VariantConfig, splits) -> Result:
     return result
 
 
+def recorded_defaults(path: Path) -> dict[str, Result]:
+    """The defaults' results as `evaluate` recorded them (training time from `train`'s metrics
+    beside it, when there)."""
+    from pipeline import contracts
+
+    recorded = contracts.EvaluateMetrics.read(path).variants
+    results = {}
+    for name in DEFAULTS:
+        seconds, epochs = float("nan"), 0
+        if (path.parent / "train" / f"{name}.json").exists():
+            trained = contracts.TrainMetrics.read(path.parent / "train" / f"{name}.json")
+            seconds, epochs = trained.train_seconds, trained.epochs_run
+        results[name] = Result(
+            name, recorded[name].test_accuracy, recorded[name].val_accuracy, seconds, epochs
+        )
+    return results
+
+
 def row(result: Result, defaults: dict[str, Result], variant: config.VariantConfig) -> str:
     """One markdown table row: variant, datasets, printed, reproduced, difference, default."""
     printed = PRINTED[result.variant]
@@ -173,6 +191,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only-defaults", action="store_true", help="train only the defaults mlp and cnn"
     )
+    parser.add_argument(
+        "--defaults-from",
+        type=Path,
+        help="take the defaults' results from this metrics/evaluate.json (a `dvc repro` on the"
+        " same data) instead of training them again",
+    )
     return parser.parse_args(argv)
 
 
@@ -192,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Fashion-MNIST splits {sizes}; {cpu_name()}, {cores} cores", flush=True)
 
     results = [train_variant(name, models[name], splits) for name in seeds]
-    defaults = {name: train_variant(name, models[name], splits) for name in DEFAULTS}
+    if args.defaults_from:
+        defaults = recorded_defaults(args.defaults_from)
+    else:
+        defaults = {name: train_variant(name, models[name], splits) for name in DEFAULTS}
     by_architecture = {models[name].model.architecture: result for name, result in defaults.items()}
 
     print()
