@@ -6,6 +6,7 @@ real `bentoml serve` subprocess with the same model and limits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from collections.abc import Iterator
@@ -72,13 +73,17 @@ def asgi_client(shape_store: ShapeStore, asgi_monitor_dir: Path) -> Iterator[Tes
 
     previous = sys.modules.pop("serving.service", None)
     try:
-        with bento.bentoml_home(shape_store.home), pytest.MonkeyPatch.context() as patch:
-            environment = shape_store.environment(MONITOR_DIR=str(asgi_monitor_dir))
-            for name, value in environment.items():
-                patch.setenv(name, value)
-            service = importlib.import_module("serving.service")
-            with TestClient(service.Classifier.to_asgi()) as test_client:
-                yield test_client
+        with bento.bentoml_home(shape_store.home), contextlib.ExitStack() as running:
+            # The service reads its environment when imported and when it starts (the client's
+            # lifespan), never later: the test limits are set for just that, so the processes
+            # other tests start (real servers, stages) do not inherit them.
+            with pytest.MonkeyPatch.context() as patch:
+                environment = shape_store.environment(MONITOR_DIR=str(asgi_monitor_dir))
+                for name, value in environment.items():
+                    patch.setenv(name, value)
+                service = importlib.import_module("serving.service")
+                test_client = running.enter_context(TestClient(service.Classifier.to_asgi()))
+            yield test_client
     finally:
         # Other tests get the module as it was, not one bound to this test's store and limits.
         sys.modules.pop("serving.service", None)
@@ -129,12 +134,7 @@ class FashionStore:
     test_accuracy: float
 
     def environment(self, **extra: str) -> dict[str, str]:
-        """The service's default limits (the in-process fixture may have set the test limits
-        in this process's environment, which a server would inherit), and `extra`."""
-        from serving.settings import Settings
-
-        defaults = {name: str(getattr(Settings(), name.lower())) for name in LIMITS}
-        return {"BENTOML_HOME": str(self.home), "BENTO_MODEL": self.tag} | defaults | extra
+        return {"BENTOML_HOME": str(self.home), "BENTO_MODEL": self.tag} | extra
 
 
 def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ mode, raw bodies, batches of images and pixels, checked against the model itself
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -119,3 +120,18 @@ def test_metadata_names_the_model(asgi_client: TestClient) -> None:
     assert metadata["version"] == "1"
     assert metadata["registered_model"] == "shapes"
     assert metadata["bento_model"] == "shapes:v1"
+
+
+def test_the_in_process_service_leaves_the_test_limits_out_of_the_environment(
+    asgi_client: TestClient,
+) -> None:
+    """Real servers and stages started later inherit this process's environment: the test
+    limits (MAX_IMAGES=4, ...) must not reach them, while this service keeps applying them."""
+    from tests.integration.service.conftest import LIMITS
+
+    assert not set(LIMITS) & set(os.environ), "the test limits leaked into os.environ"
+    limit = LIMITS["MAX_IMAGES"]
+    too_many = [("images", image_file(drawing_bytes(0)))] * (limit + 1)
+    response = asgi_client.post("/predict_images", files=too_many)
+    assert response.status_code == 400
+    assert f"over the limit of {limit}" in response.json()["error"]
