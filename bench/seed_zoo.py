@@ -4,6 +4,7 @@ it, next to the result the source printed and to our defaults on the same data.
     python bench/seed_zoo.py                          # every seed variant, then mlp and cnn
     python bench/seed_zoo.py --variants seed003_slp seed003_cnn
     python bench/seed_zoo.py --only-defaults --train-size 5000   # the defaults on small data
+    python bench/seed_zoo.py --variants seed003_slp --seeds 5      # mean and spread of 5 seeds
 
 Training goes through `pipeline.train.train`, the function the `train` stage calls, on the
 pipeline's prepared splits (54,000 training / 6,000 validation images, stratified, as
@@ -12,12 +13,18 @@ out 10% for validation the same way; the MNIST sources (001, 004) trained on all
 validated on the test set. MNIST is not reachable from this machine (no package ships it, no
 internet), so their rows run on Fashion-MNIST and say so: a difference is printed only where the
 dataset is the source's. Seed 003's rows must land within 1.5 points of their printed results.
+
+A source printed one run. With `--seeds N` each seed variant trains N times (fit.seed 42, 43, ...)
+and is judged by its mean test accuracy, with the spread printed beside it: a short training
+still on its way up moves by points with the starting weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -104,11 +111,19 @@ def subset(split: prepare.Split, size: int, *, seed: int = 0) -> prepare.Split:
 
 @dataclass(frozen=True)
 class Result:
+    """One variant's result; with several seeds, the mean of `runs` (their test accuracies)."""
+
     variant: str
     test_accuracy: float
     val_accuracy: float
     seconds: float
     epochs: int
+    runs: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> float:
+        """Sample standard deviation of the runs' test accuracies (0 for one run)."""
+        return statistics.stdev(self.runs) if len(self.runs) > 1 else 0.0
 
 
 def train_variant(name: str, variant: config.VariantConfig, splits) -> Result:
@@ -139,6 +154,36 @@ def train_variant(name: str, variant: config.VariantConfig, splits) -> Result:
         flush=True,
     )
     return result
+
+
+def train_seeds(name: str, variant: config.VariantConfig, splits, seeds: int) -> Result:
+    """Train `variant` with `seeds` consecutive fit seeds from its own; the mean result."""
+    if seeds == 1:
+        return train_variant(name, variant, splits)
+    first = variant.fit.seed
+    results = [
+        train_variant(
+            name,
+            dataclasses.replace(variant, fit=dataclasses.replace(variant.fit, seed=first + i)),
+            splits,
+        )
+        for i in range(seeds)
+    ]
+    runs = tuple(result.test_accuracy for result in results)
+    mean = Result(
+        variant=name,
+        test_accuracy=statistics.fmean(runs),
+        val_accuracy=statistics.fmean(result.val_accuracy for result in results),
+        seconds=statistics.fmean(result.seconds for result in results),
+        epochs=results[0].epochs,
+        runs=runs,
+    )
+    print(
+        f"  {name}: mean of seeds {first}-{first + seeds - 1}: test {mean.test_accuracy:.2%}"
+        f" (sd {mean.spread:.2%}, {min(runs):.2%} to {max(runs):.2%})",
+        flush=True,
+    )
+    return mean
 
 
 def recorded_defaults(path: Path) -> dict[str, Result]:
@@ -174,8 +219,13 @@ def row(result: Result, defaults: dict[str, Result], variant: config.VariantConf
         difference = "n/a (other dataset)"
     default = defaults.get(variant.model.architecture)
     ours = f"`{default.variant}` {100 * default.test_accuracy:.2f}%" if default else "-"
+    if result.runs:
+        spread = 100 * result.spread
+        reproduced_text = f"{reproduced:.2f}% (mean of {len(result.runs)}, sd {spread:.2f})"
+    else:
+        reproduced_text = f"{reproduced:.2f}%"
     return (
-        f"| `{result.variant}` | {dataset} | {shown} | {reproduced:.2f}% | {difference} | {ours}"
+        f"| `{result.variant}` | {dataset} | {shown} | {reproduced_text} | {difference} | {ours}"
         f" | {result.seconds:.0f} s |"
     )
 
@@ -187,6 +237,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--variants", nargs="+", help="seed variants to train (default: all)")
     parser.add_argument(
         "--train-size", type=int, default=0, help="train on this many images (0 = all)"
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="train each seed variant this many times (fit.seed, seed+1, ...) and judge the mean",
     )
     parser.add_argument(
         "--only-defaults", action="store_true", help="train only the defaults mlp and cnn"
@@ -215,7 +271,9 @@ def main(argv: list[str] | None = None) -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"Fashion-MNIST splits {sizes}; {cpu_name()}, {cores} cores", flush=True)
 
-    results = [train_variant(name, models[name], splits) for name in seeds]
+    if args.seeds < 1:
+        raise SystemExit(f"--seeds must be at least 1, got {args.seeds}")
+    results = [train_seeds(name, models[name], splits, args.seeds) for name in seeds]
     if args.defaults_from:
         defaults = recorded_defaults(args.defaults_from)
     else:
