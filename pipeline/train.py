@@ -367,11 +367,20 @@ def run_stage(args: argparse.Namespace) -> None:
             figure=curves_figure(trained.history, f"{meta.dataset} {args.variant}"),
             example=x_val[:8],
         )
+    write_outputs(
+        args, trained, run_id=run.run_id, experiment_id=run.experiment_id, model_uri=model_uri
+    )
+
+
+def write_outputs(
+    args: argparse.Namespace, trained: Trained, *, run_id: str, experiment_id: str, model_uri: str
+) -> None:
+    """The stage's outputs: the model, its run record (for evaluate), metrics and curves."""
     io.save_keras(args.out / "model.keras", trained.model)
     contracts.TrainedRun(
         variant=args.variant,
-        run_id=run.run_id,
-        experiment_id=run.experiment_id,
+        run_id=run_id,
+        experiment_id=experiment_id,
         model_uri=model_uri,
         tracking_uri=tracking.tracking_uri(),
         metrics=trained.metrics,
@@ -379,10 +388,7 @@ def run_stage(args: argparse.Namespace) -> None:
     trained.metrics.write(args.metrics)
     io.write_bytes(args.plots, history_csv(trained.history).encode())
     log.info(
-        "model -> %s; MLflow run %s; metrics -> %s",
-        args.out / "model.keras",
-        run.run_id,
-        args.metrics,
+        "model -> %s; MLflow run %s; metrics -> %s", args.out / "model.keras", run_id, args.metrics
     )
 
 
