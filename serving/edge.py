@@ -3,7 +3,8 @@
 It refuses before anything parses the request: a body over the limit (413, with or without a
 Content-Length), a method an endpoint does not take (405), a body `/predict` cannot read (415).
 It also says BentoML's own refusals our way: load shedding (503) with our JSON message and a
-`Retry-After`, validation errors (400) with pydantic's message as the `error` text.
+`Retry-After`, validation errors (400) with pydantic's message as the `error` text, and its
+plain-text "Not Found" for a path nobody serves (404) as JSON naming the endpoints.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ METHODS: Mapping[str, tuple[str, ...]] = {
 }
 # BentoML's own endpoints, whose 503s (adaptive batching sheds load) carry BentoML's generic body.
 BENTOML_APIS = ("/predict", "/metadata")
+# What a client that got a path wrong is told exists.
+ENDPOINTS = (
+    "POST images to /predict_image or /predict_images, pixels to /predict, OIP tensors to"
+    " /v2/models/<name>/infer; POST /metadata says what is served; try it at /ui, the API is"
+    " described at /"
+)
 
 
 class Edge:
@@ -45,9 +52,7 @@ class Edge:
         except ApiError as error:
             await error.response()(scope, receive, send)
             return
-        if scope["path"] in BENTOML_APIS:
-            send = self._bentoml_in_our_words(scope, receive, send)
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, self._in_our_words(scope, receive, send))
 
     def _check_route(self, scope) -> None:
         path, method = scope["path"], scope["method"]
@@ -102,29 +107,35 @@ class Edge:
 
         return replay
 
-    def _bentoml_in_our_words(self, scope, receive, send):
-        """`send`, with BentoML's own refusals of /predict and /metadata said our way: a 503
-        (load shed) as our message with Retry-After, a 400 with its validation detail as the
-        `error` text instead of "1 validation error for Input"."""
-        state = {"status": 0, "headers": [], "body": b""}
+    def _in_our_words(self, scope, receive, send):
+        """`send`, with BentoML's own refusals said our way: on /predict and /metadata a 503
+        (load shed) as our message with Retry-After and a 400 with its validation detail as the
+        `error` text instead of "1 validation error for Input"; elsewhere a plain-text 404 (no
+        such path) as JSON that names the endpoints. Other answers pass straight through."""
+        path = scope["path"]
+        state = {"status": 0, "reword": False, "body": b""}
 
         async def wrapped(message) -> None:
             if message["type"] == "http.response.start":
-                state["status"], state["headers"] = message["status"], message["headers"]
-                if state["status"] not in (400, 503):
+                state["status"] = message["status"]
+                state["reword"] = _bentoml_refusal(path, message)
+                if not state["reword"]:
                     await send(message)
                 return
-            if message["type"] != "http.response.body" or state["status"] not in (400, 503):
+            if message["type"] != "http.response.body" or not state["reword"]:
                 await send(message)
                 return
             state["body"] += message.get("body", b"")
             if message.get("more_body", False):
                 return
-            await self._reworded(state["status"], state["body"])(scope, receive, send)
+            answer = self._reworded(state["status"], state["body"], path)
+            await answer(scope, receive, send)
 
         return wrapped
 
-    def _reworded(self, status: int, body: bytes):
+    def _reworded(self, status: int, body: bytes, path: str):
+        if status == 404:
+            return ApiError(f"no endpoint {path}: {ENDPOINTS}", 404).response()
         if status == 503:
             seconds = self.settings.retry_after_s
             return ApiError(
@@ -157,6 +168,19 @@ def _validation_message(body: bytes) -> str:
             f'{where or "a field"} is missing; send JSON like {{"pixels": [[...784 numbers...]]}}'
         )
     return f"{where}: {message}" if where and not message.startswith(where) else message
+
+
+def _bentoml_refusal(path: str, start_message) -> bool:
+    """Whether a response (its start message) is one of BentoML's refusals that we reword: a 400
+    or 503 of its own endpoints, or its plain-text 404 (ours, e.g. OIP's unknown model, are
+    JSON already)."""
+    status = start_message["status"]
+    if path in BENTOML_APIS:
+        return status in (400, 503)
+    if status != 404:
+        return False
+    headers = dict(start_message.get("headers") or ())
+    return not headers.get(b"content-type", b"").startswith(b"application/json")
 
 
 def _header(scope, name: bytes) -> str:

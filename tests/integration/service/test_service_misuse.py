@@ -390,3 +390,20 @@ def test_wrong_method_is_405_with_allow(
     response = client.request(method, path)
     assert_refused(response, 405, f"{path} .*{method}")
     assert allowed in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/nope"),
+        ("POST", "/predictions"),
+        ("POST", "/v2/models/shapes/infer/extra"),
+        ("GET", "/ui/static/missing.js"),
+    ],
+)
+def test_unknown_path_is_404_naming_the_endpoints(
+    client: httpx.Client, method: str, path: str
+) -> None:
+    assert_refused(client.request(method, path), 404, f"no endpoint {path}: POST images to")
+    after = client.post("/predict_image", **GOOD_REQUESTS["/predict_image"])
+    assert after.status_code == 200, after.text
