@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,6 +189,20 @@ class DriftChecks:
     box_height: DriftCheck = DriftCheck("ks", 0.001)
     box_width: DriftCheck = DriftCheck("ks", 0.001)
 
+    def __post_init__(self) -> None:
+        for item in fields(self):
+            check = getattr(self, item.name)
+            where = f"monitor.checks.{item.name}.threshold"
+            if check.test in ("chi2", "ks") and not 0.0 < check.threshold < 1.0:
+                raise ConfigError(
+                    f"{where}: a {check.test} p-value threshold must be in (0, 1), got"
+                    f" {check.threshold}"
+                )
+            if check.test == "psi" and check.threshold <= 0.0:
+                raise ConfigError(
+                    f"{where}: a psi threshold must be positive, got {check.threshold}"
+                )
+
 
 @dataclass(frozen=True)
 class MonitorConfig:
@@ -198,6 +212,12 @@ class MonitorConfig:
     # Fewer predictions than this get a "not enough data" answer instead of a verdict.
     min_predictions: int = 100
     checks: DriftChecks = field(default_factory=DriftChecks)
+
+    def __post_init__(self) -> None:
+        if self.min_predictions < 1:
+            raise ConfigError(
+                f"monitor.min_predictions must be at least 1, got {self.min_predictions}"
+            )
 
 
 @dataclass(frozen=True)

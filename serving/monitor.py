@@ -70,35 +70,42 @@ def log_files(folder: Path) -> list[Path]:
 
 
 def read_log(
-    folder: Path, *, model_name: str, model_version: str, since: datetime | None = None
+    folder: Path,
+    *,
+    model_name: str,
+    model_version: str,
+    classes: int,
+    since: datetime | None = None,
 ) -> ServedLog:
-    """The predictions `model_name` version `model_version` answered (at or after `since`, in
-    the server's local time, when given), from every log file."""
+    """The predictions `model_name` version `model_version` answered (at or after `since` when
+    given), from every log file. A row that is not JSON, lacks a field, or holds an impossible
+    value (a class outside 0..classes-1, NaN or infinity) counts as unreadable."""
     wanted = f"{model_name} v{model_version}"
+    since = None if since is None else _local(since)
     labels, confidence, statistics = [], [], {name: [] for name in STATISTICS}
     other_models: dict[str, int] = {}
     unreadable = 0
     files = log_files(folder)
     for path in files:
-        for line in path.read_text(errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-                if since is not None and datetime.fromisoformat(row["timestamp"]) < since:
+        with path.open(errors="replace") as lines:  # line by line: sampled pixels make big rows
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                    if since is not None and _local(_timestamp(row)) < since:
+                        continue
+                    model = f"{row['model_name']} v{row['model_version']}"
+                    if model == wanted:
+                        label, certainty, values = _served_row(row, classes)
+                except (ValueError, KeyError, TypeError):
+                    unreadable += bool(line.strip())
                     continue
-                model = f"{row['model_name']} v{row['model_version']}"
-                if model == wanted:
-                    values = [float(row[name]) for name in STATISTICS]
-                    label, certainty = int(row["label"]), float(row["confidence"])
-            except (ValueError, KeyError, TypeError):
-                unreadable += bool(line.strip())
-                continue
-            if model != wanted:
-                other_models[model] = other_models.get(model, 0) + 1
-                continue
-            labels.append(label)
-            confidence.append(certainty)
-            for name, value in zip(STATISTICS, values, strict=True):
-                statistics[name].append(value)
+                if model != wanted:
+                    other_models[model] = other_models.get(model, 0) + 1
+                    continue
+                labels.append(label)
+                confidence.append(certainty)
+                for name, value in zip(STATISTICS, values, strict=True):
+                    statistics[name].append(value)
     predictions = Predictions(
         labels=np.array(labels, dtype=np.int64),
         confidence=np.array(confidence, dtype=np.float64),
@@ -107,6 +114,28 @@ def read_log(
         },
     )
     return ServedLog(predictions, len(files), other_models, unreadable)
+
+
+def _served_row(row: dict[str, Any], classes: int) -> tuple[int, float, list[float]]:
+    """A row's class, confidence and input statistics; ValueError for an impossible value (a
+    NaN would make every test's p-value NaN, and NaN < threshold is never drift)."""
+    values = [float(row[name]) for name in STATISTICS]
+    label, certainty = int(row["label"]), float(row["confidence"])
+    if not 0 <= label < classes:
+        raise ValueError(f"class {label} is not one of the model's {classes}")
+    if not np.isfinite([certainty, *values]).all():
+        raise ValueError("a value is NaN or infinite")
+    return label, certainty, values
+
+
+def _timestamp(row: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(row["timestamp"])
+
+
+def _local(moment: datetime) -> datetime:
+    """`moment` in this machine's local time without a zone, as the log writes its times (a
+    time with a zone, from --since or a shipped row, would not compare with those)."""
+    return moment.astimezone().replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 def reference_predictions(probabilities: np.ndarray, images: np.ndarray) -> Predictions:
@@ -372,7 +401,13 @@ def run(
     """Read the log, compare, write drift.json (and drift.png when there is a verdict)."""
     from pipeline import io
 
-    served = read_log(log, model_name=model.name, model_version=model.version, since=since)
+    served = read_log(
+        log,
+        model_name=model.name,
+        model_version=model.version,
+        classes=len(model.class_names),
+        since=since,
+    )
     reference = reference_predictions(model.probabilities(test_images), test_images)
     label = f"{model.name} v{model.version}"
     result = report(served, reference, class_names=model.class_names, model=label, config=config)
@@ -406,8 +441,8 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--since",
         type=datetime.fromisoformat,
-        help="only predictions at or after this ISO time (the server's local time),"
-        " e.g. 2026-11-20T08:00",
+        help="only predictions at or after this ISO time (the server's local time unless it"
+        " names a zone), e.g. 2026-11-20T08:00 or 2026-11-20T07:00Z",
     )
     return parser.parse_args(list(argv) if argv is not None else None)
 

@@ -173,6 +173,7 @@ async function showModel() {
       body: "{}",
     });
     const metadata = await response.json();
+    if (!response.ok) throw new Error(`HTTP ${response.status}: ${metadata.error || response.statusText}`);
     const accuracy = metadata.metrics && metadata.metrics.test_accuracy;
     document.getElementById("model-name").textContent = metadata.registered_model;
     document.getElementById("model-version").textContent = metadata.version;

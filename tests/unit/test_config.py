@@ -212,6 +212,18 @@ def test_unknown_dataset_with_folder_and_class_names_is_accepted(tmp_path):
             id="zero-epochs",
         ),
         pytest.param(
+            lambda raw: raw.update(
+                monitor={"checks": {"confidence": {"test": "ks", "threshold": 7}}}
+            ),
+            "monitor.checks.confidence.threshold: a ks p-value threshold must be in (0, 1), got 7",
+            id="p-value-threshold-above-one",
+        ),
+        pytest.param(
+            lambda raw: raw.update(monitor={"min_predictions": 0}),
+            "monitor.min_predictions must be at least 1, got 0",
+            id="no-minimum-of-predictions",
+        ),
+        pytest.param(
             lambda raw: raw.update(evaluate=None),
             "evaluate: expected a mapping",
             id="empty-section",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,9 +98,11 @@ def test_a_test_that_does_not_fit_the_quantity_is_refused() -> None:
         monitor.compare(served, reference, class_names=CLASSES, checks=wrong)
 
 
-def _log_row(model: str = "m", version: str = "1", *, when: str = "2026-11-20T10:00:00") -> str:
+def _log_row(
+    model: str = "m", version: str = "1", *, when: str = "2026-11-20T10:00:00", **values: Any
+) -> str:
     row = {"model_name": model, "model_version": version, "label": 1, "confidence": 0.9}
-    row |= {name: 0.5 for name in STATISTICS}
+    row |= {name: 0.5 for name in STATISTICS} | values
     return json.dumps(row | {"timestamp": when, "request_id": "7", "endpoint": "predict"})
 
 
@@ -120,19 +123,23 @@ def test_read_log_keeps_the_models_rows_from_every_file(tmp_path: Path) -> None:
             "data.1.log.2026-11-19": [_log_row(), _log_row("other", "1")],
         },
     )
-    served = monitor.read_log(folder, model_name="m", model_version="1")
+    served = monitor.read_log(folder, model_name="m", model_version="1", classes=len(CLASSES))
     assert len(served.predictions) == 3 and served.files == 3
     assert served.other_models == {"m v2": 1, "other v1": 1}
     assert served.unreadable == 1
     later = monitor.read_log(
-        folder, model_name="m", model_version="1", since=datetime(2026, 11, 21)
+        folder,
+        model_name="m",
+        model_version="1",
+        classes=len(CLASSES),
+        since=datetime(2026, 11, 21),
     )
     assert len(later.predictions) == 1
 
 
 def test_too_few_predictions_is_not_enough_data(tmp_path: Path) -> None:
     folder = _served_log(tmp_path, {"data.1.log": [_log_row()] * 5 + [_log_row("m", "2")] * 500})
-    served = monitor.read_log(folder, model_name="m", model_version="1")
+    served = monitor.read_log(folder, model_name="m", model_version="1", classes=len(CLASSES))
     reference = _predictions(np.random.default_rng(0), 1000)
     result = monitor.report(
         served, reference, class_names=CLASSES, model="m v1", config=config.MonitorConfig()
@@ -161,3 +168,39 @@ def test_params_monitor_section_is_typed(tmp_path: Path) -> None:
         config.ConfigError, match=r"monitor\.checks\.confidence\.test: 't' is not one"
     ):
         config.load(path)
+
+
+@pytest.mark.parametrize(
+    "impossible",
+    [
+        {"confidence": float("nan")},
+        {"mean_intensity": float("inf")},
+        {"label": -1},
+        {"label": len(CLASSES)},
+    ],
+    ids=["nan-confidence", "infinite-statistic", "negative-class", "class-past-the-last"],
+)
+def test_a_row_with_an_impossible_value_is_unreadable(tmp_path: Path, impossible) -> None:
+    """Not counted: a NaN would make every p-value NaN (never drift), a class outside the
+    model's would crash or skew the class mix."""
+    folder = _served_log(tmp_path, {"data.1.log": [_log_row()] * 3 + [_log_row(**impossible)]})
+    served = monitor.read_log(folder, model_name="m", model_version="1", classes=len(CLASSES))
+    assert len(served.predictions) == 3 and served.unreadable == 1
+    assert np.isfinite(served.predictions.confidence).all()
+
+
+def test_since_with_a_time_zone_is_compared_in_local_time(tmp_path: Path) -> None:
+    folder = _served_log(
+        tmp_path,
+        {
+            "data.1.log": [
+                _log_row(when="2026-11-20T10:00:00"),
+                _log_row(when="2026-11-21T10:00:00"),
+            ]
+        },
+    )
+    midnight = datetime(2026, 11, 21).astimezone()  # local midnight, with its zone
+    served = monitor.read_log(
+        folder, model_name="m", model_version="1", classes=len(CLASSES), since=midnight
+    )
+    assert len(served.predictions) == 1 and served.unreadable == 0

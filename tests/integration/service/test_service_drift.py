@@ -58,7 +58,11 @@ def drift_report(store, monitor_dir: Path, out: Path, since: datetime, expected:
     deadline = time.monotonic() + 20
     while True:
         served = monitor.read_log(
-            monitor_dir, model_name="fashion-mnist-classifier", model_version="1", since=since
+            monitor_dir,
+            model_name="fashion-mnist-classifier",
+            model_version="1",
+            classes=len(store.class_names),
+            since=since,
         )
         if len(served.predictions) >= expected or time.monotonic() > deadline:
             break
