@@ -394,20 +394,24 @@ def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
     """Log `model` (the temperature-scaled one `evaluate` registers) as `calibrated_model` of the
     finished training run `run_id`; return the logged model's URI.
 
-    MLflow logs a model only into an active run: the run is resumed for that and ended again
-    with the status it had, so a finished training run stays finished.
+    MLflow logs a model only into an active run: the run is resumed for that, then given back
+    the status and end time it had, also when logging fails, so a finished training run stays
+    finished at the time its training ended.
     """
     import mlflow
     import mlflow.keras
     from mlflow.models import infer_signature
 
-    status = mlflow.MlflowClient().get_run(run_id).info.status
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.keras.log_model(
-            model,
-            name="calibrated_model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            pip_requirements=pip_requirements(),
-        )
-        mlflow.end_run(status=status)
+    client = mlflow.MlflowClient()
+    before = client.get_run(run_id).info
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.keras.log_model(
+                model,
+                name="calibrated_model",
+                signature=infer_signature(example, model.predict(example, verbose=0)),
+                pip_requirements=pip_requirements(),
+            )
+    finally:
+        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri

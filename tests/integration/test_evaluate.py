@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
+import time
 import uuid
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import calibration, contracts, evaluate, registry, train
+from pipeline import calibration, contracts, evaluate, registry, tracking, train
 from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
@@ -236,3 +237,32 @@ def test_champion_this_stage_already_scored_is_not_scored_again(model_registry: 
     assert evaluate.champion_accuracy_on(
         model_registry.client, NAME, x_test, labels, scored=other
     ) == pytest.approx(expected)
+
+
+def finished_run() -> str:
+    """A training run that has ended, as `train` leaves it; its id."""
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_accuracy", 0.5)
+    return run.info.run_id
+
+
+def test_logging_the_calibrated_model_keeps_the_training_runs_status_and_end(sqlite_store: str):
+    """The run is resumed to log the model, then given back its status and end time: the MLflow
+    UI keeps showing when training ended, and a failure while logging leaves it FINISHED."""
+    client = mlflow.MlflowClient()
+    model = keras.Sequential(
+        [keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    run_id = finished_run()
+    before = client.get_run(run_id).info
+    time.sleep(0.05)
+    uri = tracking.log_calibrated_model(run_id, model, example=np.zeros((2, 28, 28), np.float32))
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
+    assert mlflow.keras.load_model(uri)(np.zeros((1, 28, 28), np.float32)).shape == (1, 10)
+
+    wrong_shape = np.zeros((2, 5), np.float32)
+    with pytest.raises(ValueError):
+        tracking.log_calibrated_model(run_id, model, example=wrong_shape)
+    failed = client.get_run(run_id).info
+    assert (failed.status, failed.end_time) == ("FINISHED", before.end_time)
