@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 # The metric tags a version carries: the chosen variant's validation and test results.
 METRIC_TAGS = tuple(item.name for item in fields(contracts.VariantMetrics))
+# The tag of the temperature folded into a registered (calibrated) model.
+TEMPERATURE = "temperature"
 
 
 class NoSuchVersion(LookupError):
@@ -114,9 +116,15 @@ def challenger(client: Any, name: str) -> Any | None:
         return None
 
 
-def version_for_run(client: Any, name: str, run_id: str) -> Any | None:
-    """The registered version whose source run is `run_id`, if any (so re-runs add nothing)."""
+def version_for_run(
+    client: Any, name: str, run_id: str, *, temperature: str | None = None
+) -> Any | None:
+    """The registered version whose source run is `run_id` and whose model carries the
+    `temperature` tag given (None: any), if any, so re-runs add nothing. The registered model
+    is the run's calibrated one: a new temperature is another model, so another version."""
     versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if temperature is not None:
+        versions = [version for version in versions if version.tags.get(TEMPERATURE) == temperature]
     return min(versions, key=lambda version: int(version.version)) if versions else None
 
 
@@ -124,7 +132,8 @@ def add_version(
     client: Any, *, name: str, run_id: str, model_uri: str, tags: VersionTags, description: str
 ) -> str:
     """Register the model of `run_id` as a new version of `name`, or update the version that
-    run already has (tags and description follow the latest evaluation); return the version."""
+    run already has with the same temperature (tags and description follow the latest
+    evaluation); return the version."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -133,10 +142,11 @@ def add_version(
         client.create_registered_model(
             name, description="MNIST-style image classifier; see the version tags for details."
         )
-    version = version_for_run(client, name, run_id)
+    new_tags = tags.as_tags()
+    version = version_for_run(client, name, run_id, temperature=new_tags.get(TEMPERATURE))
     if version is not None:
         log.info("run %s is already %s version %s: reusing it", run_id, name, version.version)
-        for key, value in tags.as_tags().items():
+        for key, value in new_tags.items():
             client.set_model_version_tag(name, version.version, key, value)
         client.update_model_version(name, version.version, description=description)
         return str(version.version)
@@ -146,7 +156,7 @@ def add_version(
         name,
         source=model_uri,
         run_id=run_id,
-        tags=tags.as_tags(),
+        tags=new_tags,
         description=description,
         model_id=model_id,
     )

@@ -125,3 +125,26 @@ def test_champion_and_challenger_lookup(model_registry: Registry):
     assert (str(challenger.version), challenger.run_id) == ("2", second[0])
     assert registry.version_for_run(client, NAME, second[0]).version == challenger.version
     assert registry.version_for_run(client, NAME, "no-such-run") is None
+
+
+def test_a_run_recalibrated_at_another_temperature_is_a_new_version(model_registry: Registry):
+    """The registered model has the temperature folded in: the same run re-evaluated at the same
+    temperature reuses its version, at another temperature it is another model and version
+    (updating the old version's tags would describe a model it does not serve)."""
+    run = model_registry.new_run()
+
+    def register_at(temperature: float) -> registry.Registration:
+        metrics = {"test_accuracy": 0.8, "temperature": temperature}
+        tags = registry.VersionTags(variant="tiny", metrics=metrics)
+        return model_registry.register(run, accuracy=0.8, champion_accuracy=0.8, tags=tags)
+
+    assert register_at(0.7).version == "1"
+    assert register_at(0.7).version == "1"
+    assert model_registry.versions() == ["1"]
+    recalibrated = register_at(0.9)
+    assert recalibrated.version == "2" and model_registry.versions() == ["1", "2"]
+    client = model_registry.client
+    assert client.get_model_version(NAME, "1").tags["temperature"] == "0.700000"
+    assert client.get_model_version(NAME, "2").tags["temperature"] == "0.900000"
+    found = registry.version_for_run(client, NAME, run[0], temperature="0.900000")
+    assert str(found.version) == "2"
