@@ -54,3 +54,20 @@ def test_the_mlflow_image_installs_the_projects_versions(services):
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     for requirement in pyproject["project"]["optional-dependencies"]["team"]:
         assert f'"{requirement}"' in dockerfile, f"{requirement} (the team extra) not installed"
+
+
+def test_the_bento_container_is_told_its_model_tag(services):
+    """serving.service reads BENTO_MODEL when imported, in the container too: without it the
+    bento would look for fashion-mnist-classifier:latest whatever model it packs."""
+    from serving.settings import Declared
+
+    assert "BENTO_MODEL" in services["bento"]["environment"]
+    assert Declared.from_env({}).model_tag == "fashion-mnist-classifier:latest"
+
+
+def test_mlflow_accepts_the_host_names_the_containers_use(services):
+    """MLflow 3.17 answers 403 to a Host header it does not list (other than localhost and
+    private IPs): the bento and clients reach it as `mlflow`."""
+    command = services["mlflow"]["command"]
+    [allowed] = [item for item in command if item.startswith("--allowed-hosts=")]
+    assert {"mlflow", "mlflow:5000"} <= set(allowed.removeprefix("--allowed-hosts=").split(","))
