@@ -15,8 +15,8 @@ internet), so their rows run on Fashion-MNIST and say so: a difference is printe
 dataset is the source's. Seed 003's rows must land within 1.5 points of their printed results.
 
 A source printed one run. With `--seeds N` each seed variant trains N times (fit.seed 42, 43, ...)
-and is judged by its mean test accuracy, with the spread printed beside it: a short training
-still on its way up moves by points with the starting weights.
+and is judged by its mean test accuracy, with the spread printed beside it, so a gap can be told
+apart from the starting weights' share of it.
 """
 
 from __future__ import annotations

@@ -32,6 +32,11 @@ ENDPOINTS = (
 )
 
 
+def no_endpoint(path: str) -> str:
+    """The 404 message for a path nobody serves (BentoML's and our routes' alike)."""
+    return f"no endpoint {path}: {ENDPOINTS}"
+
+
 class Edge:
     """Body limit, method and content-type checks, and load-shedding answers for the service.
 
@@ -135,7 +140,7 @@ class Edge:
 
     def _reworded(self, status: int, body: bytes, path: str):
         if status == 404:
-            return ApiError(f"no endpoint {path}: {ENDPOINTS}", 404).response()
+            return ApiError(no_endpoint(path), 404).response()
         if status == 503:
             seconds = self.settings.retry_after_s
             return ApiError(
@@ -179,11 +184,11 @@ def _bentoml_refusal(path: str, start_message) -> bool:
         return status in (400, 503)
     if status != 404:
         return False
-    headers = dict(start_message.get("headers") or ())
-    return not headers.get(b"content-type", b"").startswith(b"application/json")
+    return not _header(start_message, b"content-type").startswith("application/json")
 
 
 def _header(scope, name: bytes) -> str:
+    """A header of a request's scope or a response's start message ("" when absent)."""
     for key, value in scope.get("headers") or ():
         if key == name:
             return value.decode("latin-1").strip()

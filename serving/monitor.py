@@ -91,7 +91,8 @@ def read_log(
             for line in lines:
                 try:
                     row = json.loads(line)
-                    if since is not None and _local(_timestamp(row)) < since:
+                    when = datetime.fromisoformat(row["timestamp"])
+                    if since is not None and _local(when) < since:
                         continue
                     model = f"{row['model_name']} v{row['model_version']}"
                     if model == wanted:
@@ -126,10 +127,6 @@ def _served_row(row: dict[str, Any], classes: int) -> tuple[int, float, list[flo
     if not np.isfinite([certainty, *values]).all():
         raise ValueError("a value is NaN or infinite")
     return label, certainty, values
-
-
-def _timestamp(row: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(row["timestamp"])
 
 
 def _local(moment: datetime) -> datetime:

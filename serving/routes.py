@@ -21,7 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from serving import oip, preprocess, uploads
-from serving.edge import ENDPOINTS
+from serving.edge import no_endpoint
 from serving.errors import ApiError
 from serving.model import ServedModel
 from serving.settings import Settings
@@ -180,7 +180,7 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
     if error.status_code == 405:
         message = f"{request.url.path} does not take {request.method}; see the API at /"
     elif error.status_code == 404:
-        message = f"no endpoint {request.url.path}: {ENDPOINTS}"
+        message = no_endpoint(request.url.path)
     else:
         message = str(error.detail)
     return ApiError(message, error.status_code, error.headers).response()
