@@ -70,13 +70,15 @@ def make_optimizer(fit: FitConfig, steps_per_epoch: int):
 
 
 def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> None:
-    """Attach optimizer, loss and metrics as the fit config says."""
-    import keras
+    """Attach optimizer, loss and metrics as the fit config says; the loss suits the output
+    layer's activation (`pipeline.losses`)."""
+    from pipeline import losses, models
 
     steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
+    output_activation = model.get_layer(models.HEAD).activation.__name__
     model.compile(
         optimizer=make_optimizer(fit, steps_per_epoch),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=fit.label_smoothing),
+        loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),
         metrics=["accuracy"],
         jit_compile=fit.jit_compile,
     )

@@ -158,7 +158,7 @@ def test_sigmoid_output_scores_each_class_on_its_own():
     model = models.build(config, num_classes=10)
     scores = np.asarray(model(np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)))
     assert ((scores > 0) & (scores < 1)).all()
-    # Independent sigmoids do not sum to one: the loss and `evaluate` normalise them.
+    # Independent sigmoids do not sum to one: pipeline.losses and `evaluate` normalise them.
     assert np.abs(scores.sum(axis=1) - 1).max() > 0.5
     assert model.get_layer(models.HEAD).activation.__name__ == "sigmoid"
 
