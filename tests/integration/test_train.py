@@ -229,6 +229,22 @@ def test_fitting_on_the_learnable_synthetic_task_lowers_the_loss(config):
     assert history["val_accuracy"][-1] >= 0.8
 
 
+def test_fit_input_is_every_example_once_per_epoch_without_autotuning():
+    """tf.data's autotuning stalls `fit` between epochs (the teardown of each epoch's iterator
+    waits for its tuning thread), so neither split autotunes; shuffling still covers each
+    training example once per epoch, in a new order each epoch."""
+    x = np.arange(10, dtype=np.float32).reshape(10, 1)
+    fit = FitConfig(batch_size=4, seed=0)
+    data = train.training_data(x, x, fit)
+    val = train.validation_data(x, x, batch_size=4)
+    assert data.options().autotune.enabled is False
+    assert val.options().autotune.enabled is False
+    epochs = [[int(v) for batch, _ in data for v in batch[:, 0]] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10))
+    assert epochs[0] != epochs[1]
+    assert [len(batch) for batch, _ in val] == [4, 4, 2]
+
+
 def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     """The core function alone, no MLflow: the same seed gives the same model, twice."""
     images, labels = synthetic.make_split(120, seed=1)
