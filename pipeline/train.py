@@ -89,8 +89,8 @@ def without_autotune(data):
 
     Keras makes a new iterator over the training and validation data every epoch. Tearing an
     autotuned one down waits for its tuning thread: 5-30 s, idle, in about half the epochs
-    (TensorFlow 2.21, 2 cores), a third of the `cnn`'s training time. Nothing here needs tuning:
-    the data is in memory and one batch is prefetched.
+    (TensorFlow 2.21, 2 cores), a fifth to a quarter of the `cnn`'s training time. Nothing here
+    needs tuning: the data is in memory and one batch is prefetched.
     """
     import tensorflow as tf
 
