@@ -122,14 +122,12 @@ def calibrate(
 
 def _output_layer(model: keras.Model):
     """The model's output layer; ValueError unless it is a softmax or sigmoid dense layer."""
-    import keras
-
-    head = model.layers[-1] if model.layers else None
-    activation = getattr(getattr(head, "activation", None), "__name__", None)
-    if not isinstance(head, keras.layers.Dense) or activation not in LOG_ACTIVATIONS:
+    head, activation = models.output_layer(model)
+    if activation not in LOG_ACTIVATIONS:
+        last = model.layers[-1] if model.layers else None
         raise ValueError(
             f"model {model.name!r} must end in a softmax or sigmoid Dense layer to be calibrated;"
-            f" it ends in {head!r}"
+            f" it ends in {last!r}"
         )
     return head, activation
 

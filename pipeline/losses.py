@@ -22,8 +22,15 @@ class SumNormalisedCrossentropy(keras.losses.CategoricalCrossentropy):
         return super().call(y_true, y_pred / keras.ops.sum(y_pred, axis=-1, keepdims=True))
 
 
-def crossentropy(output_activation: str, *, label_smoothing: float = 0.0) -> keras.losses.Loss:
+def crossentropy(
+    output_activation: str | None, *, label_smoothing: float = 0.0
+) -> keras.losses.Loss:
     """Categorical cross-entropy for a model whose output layer has `output_activation`."""
     if output_activation == "softmax":
         return keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    return SumNormalisedCrossentropy(label_smoothing=label_smoothing)
+    if output_activation == "sigmoid":
+        return SumNormalisedCrossentropy(label_smoothing=label_smoothing)
+    raise ValueError(
+        "the model must end in a softmax or sigmoid Dense layer;"
+        f" its output activation is {output_activation!r}"
+    )

@@ -108,6 +108,19 @@ def build_cnn(config: ModelConfig, *, num_classes: int) -> keras.Sequential:
     return keras.Sequential(layers, name="cnn")
 
 
+def output_layer(model: keras.Model) -> tuple[keras.layers.Dense | None, str | None]:
+    """`model`'s last layer when it is a Dense layer, and its activation's name (else None, None).
+
+    Training picks its loss by that activation (`pipeline.losses`); calibration reads the scores
+    before it."""
+    import keras
+
+    last = model.layers[-1] if model.layers else None
+    if not isinstance(last, keras.layers.Dense):
+        return None, None
+    return last, last.activation.__name__
+
+
 def build(config: ModelConfig, *, num_classes: int) -> keras.Sequential:
     """Build the architecture that `config` names."""
     builders = {"mlp": build_mlp, "cnn": build_cnn}

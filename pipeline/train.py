@@ -75,7 +75,7 @@ def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> Non
     from pipeline import losses, models
 
     steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
-    output_activation = model.get_layer(models.HEAD).activation.__name__
+    _, output_activation = models.output_layer(model)
     model.compile(
         optimizer=make_optimizer(fit, steps_per_epoch),
         loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),

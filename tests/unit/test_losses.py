@@ -76,3 +76,14 @@ def test_a_saved_sigmoid_model_loads_compiled_with_its_loss(tmp_path):
     assert loaded.evaluate(x, y, verbose=0)[0] == pytest.approx(
         model.evaluate(x, y, verbose=0)[0], rel=1e-5
     )
+
+
+def test_a_model_without_a_softmax_or_sigmoid_output_is_refused_with_its_activation():
+    model = keras.Sequential(
+        [keras.Input(shape=(28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    with pytest.raises(ValueError, match=r"softmax or sigmoid.*'linear'"):
+        train.compile_model(model, FIT, train_size=64)
+    pooled = keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten()])
+    with pytest.raises(ValueError, match="None"):
+        train.compile_model(pooled, FIT, train_size=64)
