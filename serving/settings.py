@@ -1,8 +1,9 @@
 """The service's settings: read from the environment when the service starts, checked, frozen.
 
-Three are read when `serving.service` is imported instead (`Declared`), because BentoML takes them
+Four are read when `serving.service` is imported instead (`Declared`), because BentoML takes them
 from the class declaration, and `bentoml build` packs the model the class names: `BENTO_MODEL`,
-`SERVING_WORKERS`, `BATCH_MAX_LATENCY_MS` and `MONITOR_DIR` (the monitoring configuration).
+`SERVING_WORKERS`, `BATCH_MAX_LATENCY_MS` and `MONITOR_DIR` (the monitoring configuration). A
+built bento serves the model it packs without being told (`packed_model_tag`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 MIB = 1024 * 1024
+# Where BentoML writes bento.yaml when this code runs from a built bento: <bento>/src/serving/.
+BENTO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,38 @@ class Declared:
     monitor_dir: str = "monitoring"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Declared:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, bento_root: Path = BENTO_ROOT
+    ) -> Declared:
+        """`BENTO_MODEL` names the model; without it, a built bento serves the model it packs
+        and a source checkout `fashion-mnist-classifier:latest`."""
         environ = os.environ if environ is None else environ
         return cls(
-            model_tag=environ.get("BENTO_MODEL") or cls.model_tag,
+            model_tag=environ.get("BENTO_MODEL") or packed_model_tag(bento_root) or cls.model_tag,
             workers=_positive(environ, "SERVING_WORKERS", min(4, os.cpu_count() or 1)),
             batch_max_latency_ms=_positive(
                 environ, "BATCH_MAX_LATENCY_MS", cls.batch_max_latency_ms
             ),
             monitor_dir=environ.get("MONITOR_DIR") or cls.monitor_dir,
         )
+
+
+def packed_model_tag(bento_root: Path) -> str | None:
+    """The tag of the one model the bento at `bento_root` packs (from its bento.yaml), or None
+    when `bento_root` is not a bento or packs no single model."""
+    import yaml
+
+    try:
+        described = yaml.safe_load((bento_root / "bento.yaml").read_text())
+    except FileNotFoundError:
+        return None
+    described = described or {}
+    # BentoML 1.4 lists a new-style service's models under `services`; older bentos at the top.
+    entries = [*(described.get("models") or [])]
+    for service in described.get("services") or []:
+        entries.extend(service.get("models") or [])
+    tags = {entry.get("tag") for entry in entries} - {None, ""}
+    return tags.pop() if len(tags) == 1 else None
 
 
 def _fraction(name: str, text: str) -> float:

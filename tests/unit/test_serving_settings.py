@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from serving.settings import Declared, Settings
@@ -32,3 +34,28 @@ def test_declared_settings() -> None:
     assert Declared.from_env({}).workers >= 1
     with pytest.raises(ValueError, match="SERVING_WORKERS must be a positive integer, got 'x'"):
         Declared.from_env({"SERVING_WORKERS": "x"})
+
+
+def _bento(root: Path, *tags: str) -> Path:
+    """A folder laid out as BentoML lays out a built bento: bento.yaml at the root, code in src/."""
+    (root / "src" / "serving").mkdir(parents=True)
+    models = "".join(f"  - tag: {tag}\n    module: serving.service\n" for tag in tags)
+    (root / "bento.yaml").write_text(
+        "service: serving.service:Classifier\nmodels: []\nspec: 2\n"
+        f"services:\n- name: classifier\n  models:\n{models}"
+    )
+    return root
+
+
+def test_a_built_bento_serves_the_model_it_packs_without_being_told(tmp_path: Path) -> None:
+    root = _bento(tmp_path / "bento", "digits-classifier:v7")
+    assert Declared.from_env({}, bento_root=root).model_tag == "digits-classifier:v7"
+    told = Declared.from_env({"BENTO_MODEL": "other:v1"}, bento_root=root)
+    assert told.model_tag == "other:v1"
+
+
+def test_a_checkout_or_an_ambiguous_bento_falls_back_to_the_default_name(tmp_path: Path) -> None:
+    default = "fashion-mnist-classifier:latest"
+    assert Declared.from_env({}, bento_root=tmp_path).model_tag == default
+    two = _bento(tmp_path / "two", "a:v1", "b:v2")
+    assert Declared.from_env({}, bento_root=two).model_tag == default
