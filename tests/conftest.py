@@ -15,6 +15,8 @@ from pipeline import prepare
 from tests.support import registry, servers, synthetic
 from tests.support.workspace import Workspace, init_repository
 
+pytest_plugins = ["tests.support.strict_skips"]
+
 SERVER_START_TIMEOUT = 120.0
 
 
