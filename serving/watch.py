@@ -96,19 +96,27 @@ class Watch:
     pixel_rate: float = 0.0
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
-    def record(self, endpoint: str, images: np.ndarray, probabilities: np.ndarray) -> None:
+    def record(
+        self,
+        endpoint: str,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        labels: np.ndarray | None = None,
+    ) -> None:
         """One row per image the service answered at `endpoint`, in the current request's
-        context (which gives the rows its request id). A failure to record is logged, never
-        the client's problem: the answer stands."""
+        context (which gives the rows its request id). `labels` are the answered classes
+        (default: the most probable). A failure to record is logged, never the client's
+        problem: the answer stands."""
         try:
-            self._record(endpoint, images, probabilities)
+            labels = probabilities.argmax(axis=1) if labels is None else np.asarray(labels)
+            self._record(endpoint, images, probabilities, labels)
         except Exception:
             log.exception("could not record %d prediction(s) of %s", len(images), endpoint)
 
-    def _record(self, endpoint: str, images: np.ndarray, probabilities: np.ndarray) -> None:
-        import bentoml
-
-        labels = probabilities.argmax(axis=1)
+    def columns(
+        self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+    ) -> dict[str, tuple[list[Any], str, str]]:
+        """The monitor's columns for these answers: name -> (values, role, kind)."""
         confidence = probabilities.max(axis=1).astype(np.float64)
         count = len(labels)
         columns: dict[str, tuple[list[Any], str, str]] = {
@@ -128,10 +136,18 @@ class Watch:
             columns[name] = (rounded.tolist(), "feature", "numerical")
         if self.pixel_rate > 0:
             columns["pixels"] = (self._sampled_pixels(images), "feature", "numerical_sequence")
+        return columns
+
+    def _record(
+        self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+    ) -> None:
+        import bentoml
+
+        columns = self.columns(endpoint, images, probabilities, labels)
         with bentoml.monitor(MONITOR_NAME) as monitor:
             for name, (values, role, kind) in columns.items():
                 monitor.log_batch(values, name, role, kind)
-        self._count(endpoint, labels, confidence)
+        self._count(endpoint, labels, probabilities.max(axis=1).astype(np.float64))
 
     def _sampled_pixels(self, images: np.ndarray) -> list[list[int] | None]:
         """The 784 pixels (0-255) of a sampled fraction of the images, None for the others.
@@ -196,15 +212,25 @@ class PredictWatch:
             _PREDICT_INPUTS.reset(token)
 
 
-def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
-    import bentoml
-
-    service = bentoml.get_current_service()
+def predict_answers(
+    kept: list[np.ndarray], body: bytes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The images, probabilities and answered labels of a /predict response body; None when it
+    does not answer these pixels. The labels are the answer's own: its probabilities are
+    rounded, and a tie after rounding would name another class."""
     answers = json.loads(body)
     probabilities = np.array(
         [list(answer["probabilities"].values()) for answer in answers], dtype=np.float64
     )
     images = np.concatenate(kept) if kept else np.zeros((0, 28, 28), np.float32)
     if len(images) != len(probabilities):
-        return  # not an answer to these pixels; nothing to record truthfully
-    service.watch.record("predict", images, probabilities)
+        return None  # not an answer to these pixels; nothing to record truthfully
+    return images, probabilities, np.array([answer["label"] for answer in answers], dtype=int)
+
+
+def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
+    import bentoml
+
+    answered = predict_answers(kept, body)
+    if answered is not None:
+        bentoml.get_current_service().watch.record("predict", *answered)

@@ -13,7 +13,7 @@ import pytest
 from pipeline import config
 from serving import monitor
 from serving.settings import Declared, Settings
-from serving.watch import STATISTICS, Watch, input_statistics
+from serving.watch import STATISTICS, Watch, input_statistics, predict_answers
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -40,6 +40,27 @@ def test_sampled_pixels_keep_every_row() -> None:
     assert len(some) == 50
     kept = sum(row is not None for row in some)
     assert 5 <= kept <= 25
+
+
+def test_a_predict_row_keeps_the_answered_class_when_rounding_ties_the_probabilities() -> None:
+    """/predict answers probabilities rounded to 6 places: two classes at 0.4999996 and
+    0.4999994 both read 0.5, and re-deriving the class from them would name the first."""
+    images = np.zeros((1, 28, 28), np.float32)
+    body = json.dumps(
+        [{"label": 1, "class_name": "b", "probabilities": {"a": 0.5, "b": 0.5, "c": 0, "d": 0}}]
+    ).encode()
+    answered = predict_answers([images], body)
+    assert answered is not None
+    _, probabilities, labels = answered
+    assert labels.tolist() == [1] and probabilities.argmax(axis=1).tolist() == [0]
+    columns = Watch("m", "1", CLASSES).columns("predict", images, probabilities, labels)
+    assert columns["label"][0] == [1] and columns["class_name"][0] == ["b"]
+    assert columns["confidence"][0] == [0.5]
+
+
+def test_a_predict_body_for_other_pixels_is_not_recorded() -> None:
+    body = json.dumps([{"label": 0, "probabilities": {"a": 1.0}}] * 2).encode()
+    assert predict_answers([np.zeros((1, 28, 28), np.float32)], body) is None
 
 
 def test_monitor_settings_from_the_environment() -> None:
