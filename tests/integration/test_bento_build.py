@@ -52,15 +52,10 @@ def test_a_built_bento_serves_the_model_it_packs_with_no_bento_model(tmp_path) -
     environment = {k: v for k, v in os.environ.items() if k != "BENTO_MODEL"}
     environment |= {"BENTOML_HOME": str(home), "SERVING_WORKERS": "1"}
     port = servers.free_port()
-    command = [
-        sys.executable,
-        *("-m", "bentoml", "serve", bento_tag),
-        *("--host", "127.0.0.1", "--port", str(port)),
-    ]
     # Started away from the checkout, so only the bento's own copy of the code can answer.
     with servers.running(
         "bentoml serve (bento)",
-        command,
+        servers.bentoml_command(port, service=bento_tag),
         port=port,
         log=tmp_path / "serve.log",
         env=environment,
