@@ -514,8 +514,19 @@ def record(
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_stage(parse_args(argv))
+    except tracking.Stopped as stopped:
+        log.error(
+            "evaluate: %s; the training runs keep their status, nothing was registered or written",
+            stopped,
+        )
+        raise SystemExit(128 + stopped.signum) from None
+
+
+def run_stage(args: argparse.Namespace) -> None:
+    """Score every variant, record the results, register the chosen one, write the outputs."""
     devices.import_tensorflow()
     import keras
 

@@ -19,7 +19,8 @@ from typing import Any
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
-# MLflow 3's UI opens an experiment on the view its kind names; without the tag it guesses GenAI.
+# The experiment's kind for MLflow 3 clients that read it; 3.17's UI opens its GenAI views whatever
+# the tag says (README, "The UI"), so `make ui` prints a URL that asks for the training view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Files `dvc repro` rewrites: a change to them says nothing about the code or the params.
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots")
@@ -396,7 +397,8 @@ def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
 
     MLflow logs a model only into an active run: the run is resumed for that, then given back
     the status and end time it had, also when logging fails, so a finished training run stays
-    finished at the time its training ended.
+    finished at the time its training ended. SIGTERM or Ctrl-C meanwhile waits for that (a few
+    seconds), then raises `Stopped`; a signal's default action would leave the run RUNNING.
     """
     import mlflow
     import mlflow.keras
@@ -404,14 +406,15 @@ def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
 
     client = mlflow.MlflowClient()
     before = client.get_run(run_id).info
-    try:
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.keras.log_model(
-                model,
-                name="calibrated_model",
-                signature=infer_signature(example, model.predict(example, verbose=0)),
-                pip_requirements=pip_requirements(),
-            )
-    finally:
-        client.set_terminated(run_id, status=before.status, end_time=before.end_time)
+    with stop_on_signals(), stop_deferred():
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.keras.log_model(
+                    model,
+                    name="calibrated_model",
+                    signature=infer_signature(example, model.predict(example, verbose=0)),
+                    pip_requirements=pip_requirements(),
+                )
+        finally:
+            client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri

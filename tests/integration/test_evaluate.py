@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +29,8 @@ from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
 
-DVC_YAML = Path(__file__).resolve().parents[2] / "dvc.yaml"
+REPO = Path(__file__).resolve().parents[2]
+DVC_YAML = REPO / "dvc.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -266,3 +271,53 @@ def test_logging_the_calibrated_model_keeps_the_training_runs_status_and_end(sql
         tracking.log_calibrated_model(run_id, model, example=wrong_shape)
     failed = client.get_run(run_id).info
     assert (failed.status, failed.end_time) == ("FINISHED", before.end_time)
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
+    workspace: Workspace, prepared: Path, sqlite_store: str
+):
+    """SIGTERM (a CI timeout) to a real evaluate process while it has the chosen training run
+    resumed: the logging finishes, the run gets its status and end time back, and the stage
+    registers and writes nothing and exits 128 + 15."""
+    root = workspace.root
+    (root / "data").mkdir()
+    (root / "data" / "prepared").symlink_to(prepared)
+    write_params(root / "params.yaml", variants=("mlp",))
+    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
+    train.main(stage_argv(stages["train"]["do"]["cmd"].replace("${item}", "mlp"), "pipeline.train"))
+    run_id = contracts.TrainedRun.read(root / "models" / "mlp" / "run.json").run_id
+    client = mlflow.MlflowClient(sqlite_store)
+    before = client.get_run(run_id).info
+    command = [sys.executable, "-m", "pipeline.evaluate"]
+    command += stage_argv(stages["evaluate"]["cmd"], "pipeline.evaluate")
+    environment = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": sqlite_store}
+    process = subprocess.Popen(
+        command, cwd=root, env=environment, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until_resumed(client, run_id, process)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "stopped by SIGTERM" in stderr
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == ("FINISHED", before.end_time)
+    assert client.search_registered_models() == []
+    assert not (root / "models" / "champion.json").exists()
+    assert not (root / "metrics" / "evaluate.json").exists()
+
+
+def wait_until_resumed(client, run_id: str, process: subprocess.Popen, *, timeout: float = 120):
+    """Return once the finished run `run_id` is RUNNING again (evaluate logging into it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, (
+            "evaluate ended before resuming the run:\n" + (process.stderr.read()[-2000:])
+        )
+        if client.get_run(run_id).info.status == "RUNNING":
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} was not resumed within {timeout} s")
