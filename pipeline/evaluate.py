@@ -468,12 +468,13 @@ def record(
     runs: Mapping[str, contracts.TrainedRun],
     test: Labelled,
     meta: contracts.PreparedMeta,
-    plots: Path,
     count: int,
-) -> None:
-    """Log every variant's results to its training run; the chosen one's plots go to `plots`."""
+) -> dict[str, Any]:
+    """Log every variant's results to its training run; return the chosen one's figures
+    ({file name: figure}), which `write_plots` saves with the stage's other outputs."""
     from matplotlib import pyplot
 
+    chosen_figures = {}
     test_inputs = tracking.dataset_inputs(
         name=meta.dataset,
         content_sha256=meta.content_sha256,
@@ -501,15 +502,23 @@ def record(
             report_text=result.report_text,
             figures=drawn,
         )
-        for file_name, figure in drawn.items():
-            if variant == evaluation.chosen:
-                io.save_figure(plots / file_name, figure)
-            else:
+        if variant == evaluation.chosen:
+            chosen_figures = drawn
+        else:
+            for figure in drawn.values():
                 pyplot.close(figure)
-    best = evaluation.best
+    return chosen_figures
+
+
+def write_plots(
+    plots: Path, figures: Mapping[str, Any], evaluation: Evaluation, *, labels, class_names
+) -> None:
+    """The DVC plots of the chosen variant: its figures and one confusion record per image."""
+    for file_name, figure in figures.items():
+        io.save_figure(plots / file_name, figure)
     io.write_json(
         plots / "confusion.json",
-        confusion_records(test[1], best.test.predictions, meta.class_names),
+        confusion_records(labels, evaluation.best.test.predictions, class_names),
     )
 
 
@@ -554,13 +563,8 @@ def run_stage(args: argparse.Namespace) -> None:
     )
     check_against_training(evaluation, trained)
     client = tracking.connect()
-    record(
-        evaluation,
-        runs=runs,
-        test=test,
-        meta=meta,
-        plots=args.plots,
-        count=params.evaluate.misclassified_examples,
+    figures = record(
+        evaluation, runs=runs, test=test, meta=meta, count=params.evaluate.misclassified_examples
     )
     best = evaluation.best.metrics
     calibrated_uri = tracking.log_calibrated_model(
@@ -579,6 +583,8 @@ def run_stage(args: argparse.Namespace) -> None:
             settings=params.evaluate,
             model_uri=calibrated_uri,
         )
+    # The outputs come last, so a stage stopped before this point has written none of them.
+    write_plots(args.plots, figures, evaluation, labels=test[1], class_names=meta.class_names)
     champion = champion_record(client, registration, chosen=evaluation.chosen)
     champion.write(args.out)
     evaluate_metrics(evaluation, registration).write(args.metrics)

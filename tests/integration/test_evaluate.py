@@ -306,8 +306,8 @@ def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
     after = client.get_run(run_id).info
     assert (after.status, after.end_time) == ("FINISHED", before.end_time)
     assert client.search_registered_models() == []
-    assert not (root / "models" / "champion.json").exists()
-    assert not (root / "metrics" / "evaluate.json").exists()
+    for output in ("models/champion.json", "metrics/evaluate.json", "plots/evaluate"):
+        assert not (root / output).exists(), output
 
 
 def wait_until_resumed(client, run_id: str, process: subprocess.Popen, *, timeout: float = 120):
