@@ -8,7 +8,7 @@ EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
 PORT ?= 3000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data postgres browser repro test test-fast lint format ui serve build bench clean
+.PHONY: help install data postgres browser npm repro test test-fast lint format ui serve build bench clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -73,10 +73,17 @@ browser:
 		echo "Chromium and chromedriver found"; \
 	else $(call apt_install,chromium chromium-driver,the browser tests (/ui$(comma) dvc plots$(comma) MLflow UI) will be skipped); fi
 
+# npm fetches Vega for the offline `dvc plots` page (the template `make install` writes, and the
+# test that renders it). It comes first in `make test`, so install's template can use it.
+npm:
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "npm found"; \
+	else $(call apt_install,npm,the offline dvc plots test will be skipped and dvc plots pages load Vega from a CDN); fi
+
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: install data postgres browser
+test: npm install data postgres browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: install
@@ -107,6 +114,7 @@ serve: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/forward_cost.py
 	$(BIN)/python bench/serve_load.py
 
 clean:
