@@ -207,15 +207,21 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
-def test_evaluate_refuses_a_run_json_that_breaks_its_contract(
-    workspace: Workspace, prepared: Path, sqlite_store: str
-):
-    root = workspace.root
+def trained_mlp(root: Path, prepared: Path) -> dict:
+    """`root` after train@mlp with dvc.yaml's command line, on `prepared`; dvc.yaml's stages."""
     (root / "data").mkdir()
     (root / "data" / "prepared").symlink_to(prepared)
     write_params(root / "params.yaml", variants=("mlp",))
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     train.main(stage_argv(stages["train"]["do"]["cmd"].replace("${item}", "mlp"), "pipeline.train"))
+    return stages
+
+
+def test_evaluate_refuses_a_run_json_that_breaks_its_contract(
+    workspace: Workspace, prepared: Path, sqlite_store: str
+):
+    root = workspace.root
+    stages = trained_mlp(root, prepared)
     run_json = root / "models" / "mlp" / "run.json"
     data = json.loads(run_json.read_text())
     data["runid"] = data.pop("run_id")  # a key renamed in one stage and not the other
@@ -281,11 +287,7 @@ def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
     resumed: the logging finishes, the run gets its status and end time back, and the stage
     registers and writes nothing and exits 128 + 15."""
     root = workspace.root
-    (root / "data").mkdir()
-    (root / "data" / "prepared").symlink_to(prepared)
-    write_params(root / "params.yaml", variants=("mlp",))
-    stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    train.main(stage_argv(stages["train"]["do"]["cmd"].replace("${item}", "mlp"), "pipeline.train"))
+    stages = trained_mlp(root, prepared)
     run_id = contracts.TrainedRun.read(root / "models" / "mlp" / "run.json").run_id
     client = mlflow.MlflowClient(sqlite_store)
     before = client.get_run(run_id).info
