@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import cpu_name
 from pipeline import config
+from serving.model import traced
 
 
 def multiply_accumulates(model) -> int:
@@ -44,15 +45,6 @@ def multiply_accumulates(model) -> int:
         elif isinstance(layer, keras.layers.Dense):
             total += int(np.prod(layer.kernel.shape))
     return int(total)
-
-
-def traced(model):
-    import tensorflow as tf
-
-    return tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],
-    )
 
 
 def cpu_milliseconds(function, images: np.ndarray) -> float:

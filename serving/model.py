@@ -78,13 +78,20 @@ def _traced_model(path: Path, *, outputs: int, threads: int):
     model = keras.saving.load_model(path, compile=False)
     if model.output_shape[-1] != outputs:
         raise ValueError(f"model has {model.output_shape[-1]} outputs but {outputs} class names")
-    # A traced function with a fixed signature costs a fraction of model.predict per call.
-    infer = tf.function(
+    infer = traced(model)
+    infer(np.zeros((1, 28, 28), np.float32))
+    return infer
+
+
+def traced(model):
+    """`model` at inference as a traced function of float32 (N, 28, 28) batches: with a fixed
+    signature a call costs a fraction of `model.predict`'s (bench/forward_cost.py times this)."""
+    import tensorflow as tf
+
+    return tf.function(
         lambda images: model(images, training=False),
         input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],
     )
-    infer(np.zeros((1, 28, 28), np.float32))
-    return infer
 
 
 def threads_per_worker(configured: int, workers: int) -> int:
