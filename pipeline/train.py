@@ -69,15 +69,15 @@ def make_optimizer(fit: FitConfig, steps_per_epoch: int):
     return keras.optimizers.Adam(rate)
 
 
-def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> None:
+def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int, optimizer=None) -> None:
     """Attach optimizer, loss and metrics as the fit config says; the loss suits the output
-    layer's activation (`pipeline.losses`)."""
+    layer's activation (`pipeline.losses`). `optimizer`: one that already has state to keep."""
     from pipeline import losses, models
 
     steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
     _, output_activation = models.output_layer(model)
     model.compile(
-        optimizer=make_optimizer(fit, steps_per_epoch),
+        optimizer=optimizer or make_optimizer(fit, steps_per_epoch),
         loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),
         metrics=["accuracy"],
         jit_compile=fit.jit_compile,
@@ -213,6 +213,24 @@ def curves_figure(history: dict[str, list[float]], title: str):
     return figure
 
 
+def in_float32(
+    mixed: keras.Model, variant_config: VariantConfig, *, num_classes: int, train_size: int
+) -> keras.Model:
+    """A model trained in mixed precision, rebuilt in float32 to be measured, saved and served.
+
+    The global policy goes back to float32; the copy keeps the optimizer and the moments it learnt,
+    so the saved model loads without a mismatch and a further `fit` resumes where this one ended.
+    """
+    import keras
+
+    from pipeline import models
+
+    keras.mixed_precision.set_global_policy("float32")
+    model = models.float32_copy(mixed, variant_config.model, num_classes=num_classes)
+    compile_model(model, variant_config.fit, train_size=train_size, optimizer=mixed.optimizer)
+    return model
+
+
 @dataclass(frozen=True)
 class Trained:
     """A fitted variant: the model, its per-epoch history, how it ended, the device it used."""
@@ -232,7 +250,9 @@ def train(
     y_val: np.ndarray,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> Trained:
-    """Build, compile and fit one variant from its seed; `on_epoch(epoch, logs)` sees each epoch."""
+    """Build, compile and fit one variant from its seed; `on_epoch(epoch, logs)` sees each epoch.
+
+    A variant trained in mixed precision comes back in float32 (`in_float32`)."""
     import keras
 
     from pipeline import devices, models
@@ -253,6 +273,10 @@ def train(
         on_epoch=on_epoch,
     )
     seconds = time.perf_counter() - started
+    if device["precision_policy"] != "float32":
+        model = in_float32(
+            model, variant_config, num_classes=y_train.shape[1], train_size=len(x_train)
+        )
     val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=1024, verbose=0)
     metrics = contracts.TrainMetrics(
         final_val_loss=float(val_loss),

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -22,7 +23,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import config, contracts, models, prepare, train
+from pipeline import config, contracts, devices, io, models, prepare, train
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
 from tests.support import synthetic
 from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, git, write_params
@@ -268,6 +269,38 @@ def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     assert dataclasses.replace(first.metrics, train_seconds=0) == dataclasses.replace(
         again.metrics, train_seconds=0
     )
+
+
+def test_a_variant_trained_in_mixed_precision_comes_back_and_saves_in_float32(
+    monkeypatch, tmp_path: Path
+):
+    """bf16 speeds training; what is measured, saved and served computes in float32."""
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    images, labels = synthetic.make_split(120, seed=1)
+    x, y = prepare.normalize(images), prepare.one_hot(labels, 10)
+    variant = config.build(VariantConfig, TINY_VARIANTS["cnn"], "cnn")
+    variant = dataclasses.replace(
+        variant, fit=dataclasses.replace(variant.fit, mixed_precision=True)
+    )
+    trained = train.train(
+        variant_config=variant, x_train=x[:80], y_train=y[:80], x_val=x[80:], y_val=y[80:]
+    )
+    assert trained.device["precision_policy"] == "mixed_bfloat16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    path = tmp_path / "model.keras"
+    io.save_keras(path, trained.model)
+    with warnings.catch_warnings():
+        # Keras warns when the saved optimizer state does not fit the model it loads into.
+        warnings.simplefilter("error")
+        loaded = keras.models.load_model(path)
+    for model in (trained.model, loaded):
+        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+    probabilities = loaded.predict(x[80:], verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, trained.model.predict(x[80:], verbose=0), atol=1e-6)
+    # The reported validation accuracy is the float32 model's.
+    accuracy = np.mean(probabilities.argmax(1) == y[80:].argmax(1))
+    assert trained.metrics.final_val_accuracy == pytest.approx(accuracy)
 
 
 def test_under_dvc_exp_the_run_is_named_after_variant_and_experiment(
