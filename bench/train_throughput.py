@@ -55,10 +55,14 @@ def compiled_model(variant: config.VariantConfig, train_size: int):
 
 
 def time_bare(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> float:
+    """A plain `model.fit` on the pipeline's input (shuffled batches, no autotuning), without its
+    callbacks and MLflow: what the ratio measures is what the pipeline adds to a fit."""
+    from pipeline import train
+
+    data = train.training_data(x, y, fit)
+    val = train.batched(x_val, y_val, fit.batch_size)
     started = time.perf_counter()
-    model.fit(
-        x, y, batch_size=fit.batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=0
-    )
+    model.fit(data, epochs=epochs, validation_data=val, shuffle=False, verbose=0)
     return time.perf_counter() - started
 
 
@@ -84,13 +88,18 @@ def time_pipeline(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int)
 def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     import keras
 
+    from pipeline import train
+
     keras.utils.set_random_seed(0)
-    model = compiled_model(variant, len(x))
     fit = variant.fit
-    # One warm-up epoch traces and compiles the train step for both sides.
-    model.fit(
-        x[: fit.batch_size * 4], y[: fit.batch_size * 4], batch_size=fit.batch_size, verbose=0
-    )
+    if not set_policy(fit):
+        fit = dataclasses.replace(fit, mixed_precision=False)
+        set_policy(fit)
+        print("no bf16 support on this CPU: timing float32")
+    model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
+    # One warm-up epoch on the same kind of input traces the train step for both sides.
+    warm_up = slice(fit.batch_size * 4)
+    model.fit(train.training_data(x[warm_up], y[warm_up], fit), shuffle=False, verbose=0)
     bare, pipeline = [], []
     for repeat in range(args.repeats):
         # Alternate the order so neither side always runs on a warmer machine.
@@ -110,6 +119,18 @@ def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     )
 
 
+def set_policy(fit: config.FitConfig) -> bool:
+    """Keras's precision policy as `fit` asks (bf16 on a CPU); False when this CPU cannot."""
+    import keras
+
+    from pipeline import devices
+
+    if fit.mixed_precision and not devices.cpu_supports_bf16():
+        return False
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if fit.mixed_precision else "float32")
+    return True
+
+
 def options(args, variant: config.VariantConfig, x, y) -> None:
     """Images/s of a bare fit under each speed option, against the variant's own settings."""
     import keras
@@ -119,35 +140,28 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     base = variant.fit
     choices = [
         ("as configured", {}),
+        ("float32", {"mixed_precision": False}),
+        ("bf16 mixed precision", {"mixed_precision": True}),
         ("batch 64", {"batch_size": 64}),
         ("batch 256", {"batch_size": 256}),
         ("XLA jit_compile", {"jit_compile": True}),
-        ("bf16 mixed precision", {"mixed_precision": True}),
     ]
     print(f"\n{args.variant}: bare model.fit, {len(x)} images, 1 timed epoch after 1 warm-up")
     baseline = None
     for label, change in choices:
         fit = dataclasses.replace(base, **change)
-        policy = "float32"
-        if fit.mixed_precision:
-            from pipeline import devices
-
-            if not devices.cpu_supports_bf16():
-                print(f"  {label:<22} skipped: no bf16 support on this CPU")
-                continue
-            policy = "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
+        if not set_policy(fit):
+            print(f"  {label:<22} skipped: no bf16 support on this CPU")
+            continue
         model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
         # Batches as the pipeline feeds them, without tf.data's autotuning: arrays handed to
         # `fit` become autotuned datasets whose teardown can stall an epoch for seconds, which
         # once read as x0.61 for three options at once.
-        warm_up = train.validation_data(
-            x[: fit.batch_size * 4], y[: fit.batch_size * 4], fit.batch_size
-        )
-        model.fit(warm_up, verbose=0)
-        data = train.validation_data(x, y, fit.batch_size)
+        warm_up = train.batched(x[: fit.batch_size * 4], y[: fit.batch_size * 4], fit.batch_size)
+        model.fit(warm_up, shuffle=False, verbose=0)
+        data = train.batched(x, y, fit.batch_size)
         started = time.perf_counter()
-        model.fit(data, epochs=1, verbose=0)
+        model.fit(data, epochs=1, shuffle=False, verbose=0)
         rate = len(x) / (time.perf_counter() - started)
         baseline = baseline or rate
         print(f"  {label:<22} {rate:8.0f} images/s   x{rate / baseline:.2f}")

@@ -122,8 +122,9 @@ def training_data(x: np.ndarray, y: np.ndarray, fit: FitConfig):
     return without_autotune(data.prefetch(1))
 
 
-def validation_data(x: np.ndarray, y: np.ndarray, batch_size: int):
-    """The validation split, batched, as a dataset (Keras would autotune one made from arrays)."""
+def batched(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """`x` and `y` in order, batched, as a dataset without autotuning (Keras would autotune one
+    it made from the arrays): the validation split, and the benchmarks' data."""
     import tensorflow as tf
 
     return without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
@@ -183,7 +184,7 @@ def fit_model(
     with tracking.stop_deferred():
         history = model.fit(
             training_data(x_train, y_train, fit),
-            validation_data=validation_data(x_val, y_val, fit.batch_size),
+            validation_data=batched(x_val, y_val, fit.batch_size),
             epochs=fit.epochs,
             callbacks=callbacks,
             # The tf.data pipeline already shuffles, each epoch anew.

@@ -237,7 +237,7 @@ def test_fit_input_is_every_example_once_per_epoch_without_autotuning():
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     fit = FitConfig(batch_size=4, seed=0)
     data = train.training_data(x, x, fit)
-    val = train.validation_data(x, x, batch_size=4)
+    val = train.batched(x, x, batch_size=4)
     assert data.options().autotune.enabled is False
     assert val.options().autotune.enabled is False
     epochs = [[int(v) for batch, _ in data for v in batch[:, 0]] for _ in range(2)]
