@@ -94,8 +94,7 @@ def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     fit = variant.fit
     if not set_policy(fit):
         fit = dataclasses.replace(fit, mixed_precision=False)
-        set_policy(fit)
-        print("no bf16 support on this CPU: timing float32")
+        print("no mixed-precision support here: timing float32")
     model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
     # One warm-up epoch on the same kind of input traces the train step for both sides.
     warm_up = slice(fit.batch_size * 4)
@@ -120,15 +119,12 @@ def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
 
 
 def set_policy(fit: config.FitConfig) -> bool:
-    """Keras's precision policy as `fit` asks (bf16 on a CPU); False when this CPU cannot."""
-    import keras
-
+    """The precision policy training would use for `fit` (`devices.configure`); False when
+    mixed precision was asked for and this machine falls back to float32."""
     from pipeline import devices
 
-    if fit.mixed_precision and not devices.cpu_supports_bf16():
-        return False
-    keras.mixed_precision.set_global_policy("mixed_bfloat16" if fit.mixed_precision else "float32")
-    return True
+    policy = devices.configure(mixed_precision=fit.mixed_precision)["precision_policy"]
+    return policy != "float32" or not fit.mixed_precision
 
 
 def options(args, variant: config.VariantConfig, x, y) -> None:
@@ -151,7 +147,7 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     for label, change in choices:
         fit = dataclasses.replace(base, **change)
         if not set_policy(fit):
-            print(f"  {label:<22} skipped: no bf16 support on this CPU")
+            print(f"  {label:<22} skipped: no mixed-precision support here")
             continue
         model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
         # Batches as the pipeline feeds them, without tf.data's autotuning: arrays handed to

@@ -125,23 +125,3 @@ def build(config: ModelConfig, *, num_classes: int) -> keras.Sequential:
     """Build the architecture that `config` names."""
     builders = {"mlp": build_mlp, "cnn": build_cnn}
     return builders[config.architecture](config, num_classes=num_classes)
-
-
-def float32_copy(model: keras.Model, config: ModelConfig, *, num_classes: int) -> keras.Sequential:
-    """`model`, trained under a mixed-precision policy, rebuilt in float32 with its weights.
-
-    Mixed precision keeps every variable in float32 and computes in bfloat16 (float16 on a GPU);
-    a saved layer remembers its policy, so without the copy the served model would compute in
-    bfloat16 too, emulated and slow on CPUs without bf16 instructions. The global policy is left
-    as it was.
-    """
-    import keras
-
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        copy = build(config, num_classes=num_classes)
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy

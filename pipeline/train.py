@@ -219,15 +219,19 @@ def in_float32(
 ) -> keras.Model:
     """A model trained in mixed precision, rebuilt in float32 to be measured, saved and served.
 
-    The global policy goes back to float32; the copy keeps the optimizer and the moments it learnt,
-    so the saved model loads without a mismatch and a further `fit` resumes where this one ended.
+    Mixed precision keeps every variable in float32 and computes in bfloat16 (float16 on a GPU);
+    a saved layer remembers its policy, so without the rebuild the served model would compute in
+    bfloat16 too, emulated and slow on CPUs without bf16 instructions. The global policy goes back
+    to float32; the copy keeps the optimizer and the moments it learnt, so the saved model loads
+    without a mismatch and a further `fit` resumes where this one ended.
     """
     import keras
 
     from pipeline import models
 
     keras.mixed_precision.set_global_policy("float32")
-    model = models.float32_copy(mixed, variant_config.model, num_classes=num_classes)
+    model = models.build(variant_config.model, num_classes=num_classes)
+    model.set_weights(mixed.get_weights())
     compile_model(model, variant_config.fit, train_size=train_size, optimizer=mixed.optimizer)
     return model
 
