@@ -246,6 +246,31 @@ def test_fit_input_is_every_example_once_per_epoch_without_autotuning():
     assert [len(batch) for batch, _ in val] == [4, 4, 2]
 
 
+def test_random_shifts_move_each_training_image_by_at_most_the_asked_pixels():
+    """`fit.augment_shift: 2` translates every training image by its own random offset of up to 2
+    pixels a side, losing nothing that stays inside the frame; 0 leaves the images as they are."""
+    x = np.zeros((32, 28, 28), np.float32)
+    x[:, 12:16, 12:16] = 1.0  # a 4x4 square, centre of mass at (13.5, 13.5)
+    y = np.arange(32, dtype=np.float32)
+
+    def one_batch(shift: int) -> tuple[np.ndarray, np.ndarray]:
+        fit = FitConfig(batch_size=32, seed=0, augment_shift=shift)
+        ((images, labels),) = list(train.training_data(x, y, fit))
+        return np.asarray(images, np.float32), np.asarray(labels)
+
+    plain, _ = one_batch(0)
+    np.testing.assert_array_equal(plain, x)
+    shifted, labels = one_batch(2)
+    assert sorted(labels.tolist()) == list(range(32))
+    np.testing.assert_allclose(shifted.sum(axis=(1, 2)), 16.0, rtol=0.02)
+    grid = np.arange(28, dtype=np.float32)
+    rows = (shifted.sum(axis=2) * grid).sum(axis=1) / shifted.sum(axis=(1, 2)) - 13.5
+    cols = (shifted.sum(axis=1) * grid).sum(axis=1) / shifted.sum(axis=(1, 2)) - 13.5
+    assert np.abs(rows).max() <= 2.05 and np.abs(cols).max() <= 2.05
+    assert np.abs(rows).max() > 0.5 and np.abs(cols).max() > 0.5
+    assert len(np.unique(np.round(rows, 1))) > 8
+
+
 def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     """The core function alone, no MLflow: the same seed gives the same model, twice."""
     images, labels = synthetic.make_split(120, seed=1)
