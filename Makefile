@@ -24,7 +24,7 @@ $(BIN)/python:
 
 # The stamp records which extras were installed, so switching GPU=1 on or off reinstalls.
 # pip byte-compiles what it installs on one core; compileall does the same on all of them
-# (0.55-0.72x the install time on 2 cores). Skipping it would cost more: every later process
+# (0.55-0.85x the install time, 3 tries on 2 cores). Skipping it would cost more: every later process
 # would compile tensorflow & co. in memory on import where PYTHONDONTWRITEBYTECODE is set.
 # Like pip, it goes on past a file that does not compile (some packages ship such files).
 $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
