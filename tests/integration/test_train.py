@@ -262,10 +262,11 @@ def test_random_shifts_move_each_training_image_by_at_most_the_asked_pixels():
     np.testing.assert_array_equal(plain, x)
     shifted, labels = one_batch(2)
     assert sorted(labels.tolist()) == list(range(32))
-    np.testing.assert_allclose(shifted.sum(axis=(1, 2)), 16.0, rtol=0.02)
+    mass = shifted.sum(axis=(1, 2))
+    np.testing.assert_allclose(mass, 16.0, rtol=0.02)
     grid = np.arange(28, dtype=np.float32)
-    rows = (shifted.sum(axis=2) * grid).sum(axis=1) / shifted.sum(axis=(1, 2)) - 13.5
-    cols = (shifted.sum(axis=1) * grid).sum(axis=1) / shifted.sum(axis=(1, 2)) - 13.5
+    rows = (shifted.sum(axis=2) * grid).sum(axis=1) / mass - 13.5
+    cols = (shifted.sum(axis=1) * grid).sum(axis=1) / mass - 13.5
     assert np.abs(rows).max() <= 2.05 and np.abs(cols).max() <= 2.05
     assert np.abs(rows).max() > 0.5 and np.abs(cols).max() > 0.5
     assert len(np.unique(np.round(rows, 1))) > 8
