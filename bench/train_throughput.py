@@ -1,7 +1,7 @@
 """Training throughput: the pipeline's training function vs a bare `model.fit`, same process.
 
     python bench/train_throughput.py [--variant cnn] [--images 20000] [--epochs 2] [--repeats 3]
-    python bench/train_throughput.py --options     # also time batch size, XLA and bf16 choices
+    python bench/train_throughput.py --options     # also time batch norm, bf16, batch size, XLA
 
 Both sides fit the same compiled model on the same data; the pipeline side goes through
 `pipeline.train.fit_model` (tf.data input, per-epoch callback) inside an MLflow run that logs every
@@ -46,10 +46,11 @@ def load_images(count: int, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.float32) / 255, np.eye(10, dtype=np.float32)[labels]
 
 
-def compiled_model(variant: config.VariantConfig, train_size: int):
+def compiled_model(variant: config.VariantConfig, train_size: int, *, fused_batch_norm=True):
+    """The variant as training builds it (fused batch norm), compiled."""
     from pipeline import models, train
 
-    model = models.build(variant.model, num_classes=10)
+    model = models.build(variant.model, num_classes=10, fused_batch_norm=fused_batch_norm)
     train.compile_model(model, variant.fit, train_size=train_size)
     return model
 
@@ -134,9 +135,12 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     from pipeline import train
 
     base = variant.fit
+    stock = {"fused_batch_norm": False}
     choices = [
         ("as configured", {}),
+        ("Keras's batch norm", stock),
         ("float32", {"mixed_precision": False}),
+        ("float32, Keras's BN", {"mixed_precision": False, **stock}),
         ("bf16 mixed precision", {"mixed_precision": True}),
         ("batch 64", {"batch_size": 64}),
         ("batch 256", {"batch_size": 256}),
@@ -145,11 +149,16 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     print(f"\n{args.variant}: bare model.fit, {len(x)} images, 1 timed epoch after 1 warm-up")
     baseline = None
     for label, change in choices:
-        fit = dataclasses.replace(base, **change)
+        fused = change.get("fused_batch_norm", True)
+        fit = dataclasses.replace(
+            base, **{key: value for key, value in change.items() if key != "fused_batch_norm"}
+        )
         if not set_policy(fit):
             print(f"  {label:<22} skipped: no mixed-precision support here")
             continue
-        model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
+        model = compiled_model(
+            dataclasses.replace(variant, fit=fit), len(x), fused_batch_norm=fused
+        )
         # Batches as the pipeline feeds them, without tf.data's autotuning: arrays handed to
         # `fit` become autotuned datasets whose teardown can stall an epoch for seconds, which
         # once read as x0.61 for three options at once.

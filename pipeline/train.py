@@ -214,16 +214,18 @@ def curves_figure(history: dict[str, list[float]], title: str):
     return figure
 
 
-def in_float32(
-    mixed: keras.Model, variant_config: VariantConfig, *, num_classes: int, train_size: int
+def servable(
+    trained: keras.Model, variant_config: VariantConfig, *, num_classes: int, train_size: int
 ) -> keras.Model:
-    """A model trained in mixed precision, rebuilt in float32 to be measured, saved and served.
+    """The trained model rebuilt from stock Keras layers in float32: what is measured, saved and
+    served.
 
-    Mixed precision keeps every variable in float32 and computes in bfloat16 (float16 on a GPU);
-    a saved layer remembers its policy, so without the rebuild the served model would compute in
-    bfloat16 too, emulated and slow on CPUs without bf16 instructions. The global policy goes back
-    to float32; the copy keeps the optimizer and the moments it learnt, so the saved model loads
-    without a mismatch and a further `fit` resumes where this one ended.
+    Training computes in mixed precision where the machine has it and normalises batches with
+    `pipeline.layers.FusedBatchNormalization`. A saved layer remembers its class and its policy,
+    so without the rebuild the served model would need this package's layer to load, and would
+    compute in bfloat16, emulated and slow on CPUs without bf16 instructions. The global policy
+    goes back to float32; the copy keeps the optimizer and the moments it learnt, so the saved
+    model loads without a mismatch and a further `fit` resumes where this one ended.
     """
     import keras
 
@@ -231,8 +233,8 @@ def in_float32(
 
     keras.mixed_precision.set_global_policy("float32")
     model = models.build(variant_config.model, num_classes=num_classes)
-    model.set_weights(mixed.get_weights())
-    compile_model(model, variant_config.fit, train_size=train_size, optimizer=mixed.optimizer)
+    model.set_weights(trained.get_weights())
+    compile_model(model, variant_config.fit, train_size=train_size, optimizer=trained.optimizer)
     return model
 
 
@@ -257,7 +259,8 @@ def train(
 ) -> Trained:
     """Build, compile and fit one variant from its seed; `on_epoch(epoch, logs)` sees each epoch.
 
-    A variant trained in mixed precision comes back in float32 (`in_float32`)."""
+    It trains with fused batch norm, in mixed precision where it can, and comes back in stock
+    layers and float32 (`servable`)."""
     import keras
 
     from pipeline import devices, models
@@ -265,7 +268,7 @@ def train(
     fit = variant_config.fit
     keras.utils.set_random_seed(fit.seed)
     device = devices.configure(mixed_precision=fit.mixed_precision)
-    model = models.build(variant_config.model, num_classes=y_train.shape[1])
+    model = models.build(variant_config.model, num_classes=y_train.shape[1], fused_batch_norm=True)
     compile_model(model, fit, train_size=len(x_train))
     started = time.perf_counter()
     history = fit_model(
@@ -278,10 +281,7 @@ def train(
         on_epoch=on_epoch,
     )
     seconds = time.perf_counter() - started
-    if device["precision_policy"] != "float32":
-        model = in_float32(
-            model, variant_config, num_classes=y_train.shape[1], train_size=len(x_train)
-        )
+    model = servable(model, variant_config, num_classes=y_train.shape[1], train_size=len(x_train))
     val_loss, val_accuracy = model.evaluate(x_val, y_val, batch_size=1024, verbose=0)
     metrics = contracts.TrainMetrics(
         final_val_loss=float(val_loss),

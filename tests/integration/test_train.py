@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -297,21 +298,26 @@ def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     )
 
 
-def test_a_variant_trained_in_mixed_precision_comes_back_and_saves_in_float32(
-    monkeypatch, tmp_path: Path
+@pytest.mark.parametrize("mixed_precision", [True, False], ids=["bf16", "float32"])
+def test_a_trained_variant_comes_back_and_saves_in_stock_layers_and_float32(
+    monkeypatch, tmp_path: Path, mixed_precision: bool
 ):
-    """bf16 speeds training; what is measured, saved and served computes in float32."""
+    """bf16 and fused batch norm speed training; what is measured, saved and served computes in
+    float32 with Keras's own layers, so loading it needs nothing from this package."""
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
     images, labels = synthetic.make_split(120, seed=1)
     x, y = prepare.normalize(images), prepare.one_hot(labels, 10)
     variant = config.build(VariantConfig, TINY_VARIANTS["cnn"], "cnn")
     variant = dataclasses.replace(
-        variant, fit=dataclasses.replace(variant.fit, mixed_precision=True)
+        variant,
+        model=dataclasses.replace(variant.model, batch_norm=True),
+        fit=dataclasses.replace(variant.fit, mixed_precision=mixed_precision),
     )
     trained = train.train(
         variant_config=variant, x_train=x[:80], y_train=y[:80], x_val=x[80:], y_val=y[80:]
     )
-    assert trained.device["precision_policy"] == "mixed_bfloat16"
+    policy = "mixed_bfloat16" if mixed_precision else "float32"
+    assert trained.device["precision_policy"] == policy
     assert keras.mixed_precision.global_policy().name == "float32"
     path = tmp_path / "model.keras"
     io.save_keras(path, trained.model)
@@ -321,6 +327,14 @@ def test_a_variant_trained_in_mixed_precision_comes_back_and_saves_in_float32(
         loaded = keras.models.load_model(path)
     for model in (trained.model, loaded):
         assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+        batch_norms = [
+            type(layer)
+            for layer in model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        assert batch_norms == [keras.layers.BatchNormalization] * 2  # the conv's and the dense's
+    with zipfile.ZipFile(path) as saved:
+        assert b"pipeline" not in saved.read("config.json")
     probabilities = loaded.predict(x[80:], verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, trained.model.predict(x[80:], verbose=0), atol=1e-6)
