@@ -69,15 +69,15 @@ def make_optimizer(fit: FitConfig, steps_per_epoch: int):
     return keras.optimizers.Adam(rate)
 
 
-def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int, optimizer=None) -> None:
+def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> None:
     """Attach optimizer, loss and metrics as the fit config says; the loss suits the output
-    layer's activation (`pipeline.losses`). `optimizer`: one that already has state to keep."""
+    layer's activation (`pipeline.losses`)."""
     from pipeline import losses, models
 
     steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
     _, output_activation = models.output_layer(model)
     model.compile(
-        optimizer=optimizer or make_optimizer(fit, steps_per_epoch),
+        optimizer=make_optimizer(fit, steps_per_epoch),
         loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),
         metrics=["accuracy"],
         jit_compile=fit.jit_compile,
@@ -224,8 +224,9 @@ def servable(
     `pipeline.layers.FusedBatchNormalization`. A saved layer remembers its class and its policy,
     so without the rebuild the served model would need this package's layer to load, and would
     compute in bfloat16, emulated and slow on CPUs without bf16 instructions. The global policy
-    goes back to float32; the copy keeps the optimizer and the moments it learnt, so the saved
-    model loads without a mismatch and a further `fit` resumes where this one ended.
+    goes back to float32. The copy gets its own optimizer, built on its own variables, with the
+    trained one's state (step count, moments), so the saved model loads without a mismatch and a
+    further `fit`, of the copy or of the loaded model, resumes where this one ended.
     """
     import keras
 
@@ -234,7 +235,12 @@ def servable(
     keras.mixed_precision.set_global_policy("float32")
     model = models.build(variant_config.model, num_classes=num_classes)
     model.set_weights(trained.get_weights())
-    compile_model(model, variant_config.fit, train_size=train_size, optimizer=trained.optimizer)
+    compile_model(model, variant_config.fit, train_size=train_size)
+    # Under float16 Keras wraps the optimizer to scale the loss; the state to keep is inside.
+    learnt = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)
+    model.optimizer.build(model.trainable_variables)
+    for mine, theirs in zip(model.optimizer.variables, learnt.variables, strict=True):
+        mine.assign(theirs)
     return model
 
 

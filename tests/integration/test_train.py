@@ -341,6 +341,14 @@ def test_a_trained_variant_comes_back_and_saves_in_stock_layers_and_float32(
     # The reported validation accuracy is the float32 model's.
     accuracy = np.mean(probabilities.argmax(1) == y[80:].argmax(1))
     assert trained.metrics.final_val_accuracy == pytest.approx(accuracy)
+    # Both the returned and the loaded model train on from the trained optimizer's state:
+    # 3 epochs of 80 images in batches of 32 were 9 steps, one more epoch makes 12.
+    for model in (trained.model, loaded):
+        assert int(model.optimizer.iterations) == 9
+        before = model.get_weights()
+        model.fit(x[:80], y[:80], batch_size=32, epochs=1, verbose=0)
+        assert int(model.optimizer.iterations) == 12
+        assert any(not np.allclose(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_under_dvc_exp_the_run_is_named_after_variant_and_experiment(
