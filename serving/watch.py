@@ -147,7 +147,8 @@ class Watch:
         with bentoml.monitor(MONITOR_NAME) as monitor:
             for name, (values, role, kind) in columns.items():
                 monitor.log_batch(values, name, role, kind)
-        self._count(endpoint, labels, probabilities.max(axis=1).astype(np.float64))
+        confidence, _, _ = columns["confidence"]
+        self._count(endpoint, labels, confidence)
 
     def _sampled_pixels(self, images: np.ndarray) -> list[list[int] | None]:
         """The 784 pixels (0-255) of a sampled fraction of the images, None for the others.
@@ -157,13 +158,13 @@ class Watch:
         pixels = np.rint(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8).reshape(len(images), -1)
         return [row.tolist() if keep else None for row, keep in zip(pixels, chosen, strict=True)]
 
-    def _count(self, endpoint: str, labels: np.ndarray, confidence: np.ndarray) -> None:
+    def _count(self, endpoint: str, labels: np.ndarray, confidence: list[float]) -> None:
         predictions, histogram = _metrics()
         for label, count in enumerate(np.bincount(labels, minlength=len(self.class_names))):
             if count:
                 predictions.labels(endpoint, self.class_names[label]).inc(int(count))
         observed = histogram.labels(endpoint)
-        for value in confidence.tolist():
+        for value in confidence:
             observed.observe(value)
 
 
