@@ -133,15 +133,21 @@ def _output_layer(model: keras.Model):
 
 
 def _chain(model: keras.Model, last: list) -> keras.Model:
-    """A model of `model`'s layers except its output layer, followed by the layers in `last`."""
+    """A model of `model`'s layers except its output layer, followed by the layers in `last`
+    (a keras.Sequential, or a one-output functional model such as `models.mirror_averaged`'s)."""
     import keras
 
-    if not isinstance(model, keras.Sequential):
-        raise ValueError(f"model {model.name!r} is not a keras.Sequential; cannot calibrate it")
-    return keras.Sequential(
-        [keras.Input(shape=model.input_shape[1:], name="image"), *model.layers[:-1], *last],
-        name=model.name,
-    )
+    if isinstance(model, keras.Sequential):
+        return keras.Sequential(
+            [keras.Input(shape=model.input_shape[1:], name="image"), *model.layers[:-1], *last],
+            name=model.name,
+        )
+    if len(model.inputs) != 1 or model.outputs[0] is not model.layers[-1].output:
+        raise ValueError(f"model {model.name!r} has no single input and output layer to calibrate")
+    outputs = model.layers[-1].input
+    for layer in last:
+        outputs = layer(outputs)
+    return keras.Model(model.inputs[0], outputs, name=model.name)
 
 
 def _log_head(head, activation: str, *, name: str):

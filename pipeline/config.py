@@ -93,6 +93,10 @@ class ModelConfig:
     kernel_initializer: str = "glorot_uniform"
     # A sigmoid output scores each class on its own; the loss and `evaluate` normalise the scores.
     output_activation: Literal["softmax", "sigmoid"] = "softmax"
+    # Test-time mirroring: the trained model answers the mean of its output layer's pre-activation
+    # scores for the image and for its mirror image; twice the inference cost. For a model
+    # trained on mirrored images too (`fit.augment_flip`).
+    test_time_flip: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture == "cnn" and not self.conv_blocks:
@@ -122,6 +126,8 @@ class FitConfig:
     label_smoothing: float = 0.0
     # Random translation of training images by up to this many pixels; 0 = no augmentation.
     augment_shift: int = 0
+    # Mirror each training image left-right with probability 1/2.
+    augment_flip: bool = False
     seed: int = 42
     # bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs; weights and the softmax stay float32.
     mixed_precision: bool = False

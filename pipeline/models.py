@@ -130,6 +130,58 @@ def output_layer(model: keras.Model) -> tuple[keras.layers.Dense | None, str | N
     return last, last.activation.__name__
 
 
+def mirror_averaged(model: keras.Sequential) -> keras.Model:
+    """`model` answering for each image and its mirror image together (test-time augmentation):
+    its output activation applied to the mean of the two images' pre-activation scores.
+
+    Standard layers only, so the saved model loads without custom objects: a fixed dense layer
+    (`mirror`, an anti-diagonal kernel on the image rows) reverses each row; `model`'s layers
+    but the last compute features for both images (shared: a further `fit` trains them); a
+    linear copy of its output layer (`scores`) scores both; the mean goes through a fixed
+    identity layer with `model`'s output activation, named `probabilities` like every model's
+    output layer.
+    """
+    import keras
+    import numpy as np
+
+    head, activation = output_layer(model)
+    if head is None:
+        raise ValueError(f"model {model.name!r} must end in a Dense layer to be mirror-averaged")
+    width = model.input_shape[-1]
+    image = keras.Input(shape=model.input_shape[1:], name="image")
+    body = keras.Sequential(
+        [keras.Input(shape=model.input_shape[1:]), *model.layers[:-1]], name="features"
+    )
+    mirror = _fixed_dense(np.eye(width)[::-1], activation=None, name="mirror", bias=False)
+    scores = keras.layers.Dense(head.units, dtype="float32", name="scores")
+    scores.build(head.kernel.shape[:1])
+    scores.set_weights(head.get_weights())
+    mean = keras.layers.Average(dtype="float32")([scores(body(image)), scores(body(mirror(image)))])
+    output = _fixed_dense(np.eye(head.units), activation=activation, name=HEAD)
+    return keras.Model(image, output(mean), name=model.name)
+
+
+def _fixed_dense(kernel, *, activation: str | None, name: str, bias: bool = True):
+    """A float32 Dense layer with this `kernel` (and a zero bias) that training leaves alone."""
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Dense(
+        kernel.shape[1],
+        activation=activation,
+        use_bias=bias,
+        trainable=False,
+        dtype="float32",
+        name=name,
+    )
+    layer.build((kernel.shape[0],))
+    weights = [kernel.astype(np.float32)] + (
+        [np.zeros(kernel.shape[1], np.float32)] if bias else []
+    )
+    layer.set_weights(weights)
+    return layer
+
+
 def build(
     config: ModelConfig, *, num_classes: int, fused_batch_norm: bool = False
 ) -> keras.Sequential:

@@ -100,25 +100,40 @@ def without_autotune(data):
 
 
 def training_data(x: np.ndarray, y: np.ndarray, fit: FitConfig):
-    """A shuffled, batched, prefetched tf.data pipeline, with random shifts when asked."""
+    """A shuffled, batched, prefetched tf.data pipeline, with random mirroring and shifts when
+    asked (each image its own draw)."""
     import keras
     import tensorflow as tf
 
     data = tf.data.Dataset.from_tensor_slices((x, y))
     data = data.shuffle(len(x), seed=fit.seed, reshuffle_each_iteration=True).batch(fit.batch_size)
+    # float32 layers: built under a mixed policy they would hand the model bf16 images.
+    augment = []
+    if fit.augment_flip:
+        augment.append(keras.layers.RandomFlip("horizontal", seed=fit.seed, dtype="float32"))
     if fit.augment_shift:
         factor = fit.augment_shift / x.shape[1]
-        shift = keras.Sequential(
-            [
-                keras.layers.Reshape((*x.shape[1:], 1)),
-                keras.layers.RandomTranslation(factor, factor, fill_mode="constant", seed=fit.seed),
-                keras.layers.Reshape(x.shape[1:]),
-            ]
+        augment.append(
+            keras.layers.RandomTranslation(
+                factor, factor, fill_mode="constant", seed=fit.seed, dtype="float32"
+            )
         )
-        data = data.map(
-            lambda images, labels: (shift(images, training=True), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    if augment:
+        # Layer by layer: a keras.Sequential made under a mixed policy would cast to bf16 first.
+        layers = [
+            keras.layers.Reshape((*x.shape[1:], 1), dtype="float32"),
+            *augment,
+            keras.layers.Reshape(x.shape[1:], dtype="float32"),
+        ]
+
+        def augmented(images, labels):
+            for layer in layers:
+                images = layer(images, training=True)
+            return images, labels
+
+        # One batch at a time: the layers draw from one seeded stream, and batches drawing in
+        # parallel would take its draws in a different order each run.
+        data = data.map(augmented)
     return without_autotune(data.prefetch(1))
 
 
@@ -217,8 +232,8 @@ def curves_figure(history: dict[str, list[float]], title: str):
 def servable(
     trained: keras.Model, variant_config: VariantConfig, *, num_classes: int, train_size: int
 ) -> keras.Model:
-    """The trained model rebuilt from stock Keras layers in float32: what is measured, saved and
-    served.
+    """The trained model rebuilt from stock Keras layers in float32 (and averaged with its mirror
+    image when `model.test_time_flip` asks): what is measured, saved and served.
 
     Training computes in mixed precision where the machine has it and normalises batches with
     `pipeline.layers.FusedBatchNormalization`. A saved layer remembers its class and its policy,
@@ -235,6 +250,8 @@ def servable(
     keras.mixed_precision.set_global_policy("float32")
     model = models.build(variant_config.model, num_classes=num_classes)
     model.set_weights(trained.get_weights())
+    if variant_config.model.test_time_flip:
+        model = models.mirror_averaged(model)
     compile_model(model, variant_config.fit, train_size=train_size)
     # Under float16 Keras wraps the optimizer to scale the loss; the state to keep is inside.
     learnt = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)

@@ -273,6 +273,42 @@ def test_random_shifts_move_each_training_image_by_at_most_the_asked_pixels():
     assert len(np.unique(np.round(rows, 1))) > 8
 
 
+def test_random_mirroring_flips_about_half_the_training_images_left_right(monkeypatch):
+    """`fit.augment_flip` hands each training image over as it is or mirrored, its own draw,
+    in float32 even when the model trains in bf16."""
+    x = np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)
+    y = np.arange(64, dtype=np.float32)
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
+    devices.configure(mixed_precision=True)
+    try:
+        fit = FitConfig(batch_size=64, seed=0, augment_flip=True)
+        ((images, labels),) = list(train.training_data(x, y, fit))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert images.dtype == np.float32
+    images, order = np.asarray(images), np.asarray(labels).astype(int)
+    source = x[order]
+    kept = np.all(images == source, axis=(1, 2))
+    flipped = np.all(images == source[:, :, ::-1], axis=(1, 2))
+    assert (kept ^ flipped).all()
+    assert 16 <= flipped.sum() <= 48
+
+
+def test_augmented_batches_are_the_same_for_the_same_seed():
+    """Mirroring and shifts draw the same for the same seed, run after run (DVC reproduces)."""
+    x = np.random.default_rng(0).random((256, 28, 28), dtype=np.float32)
+    y = np.arange(256, dtype=np.float32)
+
+    def batches(seed: int) -> list[np.ndarray]:
+        fit = FitConfig(batch_size=32, seed=seed, augment_flip=True, augment_shift=2)
+        return [np.asarray(images) for images, _ in train.training_data(x, y, fit)]
+
+    first = batches(3)
+    for a, b in zip(first, batches(3), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, batches(4), strict=True))
+
+
 def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     """The core function alone, no MLflow: the same seed gives the same model, twice."""
     images, labels = synthetic.make_split(120, seed=1)
@@ -298,19 +334,32 @@ def test_train_is_deterministic_for_a_seed_and_reports_each_epoch():
     )
 
 
-@pytest.mark.parametrize("mixed_precision", [True, False], ids=["bf16", "float32"])
+def every_layer(model: keras.Model) -> list:
+    """`model`'s layers, and those of the models inside it."""
+    found = []
+    for layer in model.layers:
+        found.extend(every_layer(layer) if isinstance(layer, keras.Model) else [layer])
+    return found
+
+
+@pytest.mark.parametrize(
+    ("mixed_precision", "mirrored"),
+    [(True, False), (False, False), (True, True)],
+    ids=["bf16", "float32", "bf16-mirror-averaged"],
+)
 def test_a_trained_variant_comes_back_and_saves_in_stock_layers_and_float32(
-    monkeypatch, tmp_path: Path, mixed_precision: bool
+    monkeypatch, tmp_path: Path, mixed_precision: bool, mirrored: bool
 ):
     """bf16 and fused batch norm speed training; what is measured, saved and served computes in
-    float32 with Keras's own layers, so loading it needs nothing from this package."""
+    float32 with Keras's own layers, so loading it needs nothing from this package. With
+    `model.test_time_flip` it is the mirror-averaged model, and validation measures that."""
     monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: True)
     images, labels = synthetic.make_split(120, seed=1)
     x, y = prepare.normalize(images), prepare.one_hot(labels, 10)
     variant = config.build(VariantConfig, TINY_VARIANTS["cnn"], "cnn")
     variant = dataclasses.replace(
         variant,
-        model=dataclasses.replace(variant.model, batch_norm=True),
+        model=dataclasses.replace(variant.model, batch_norm=True, test_time_flip=mirrored),
         fit=dataclasses.replace(variant.fit, mixed_precision=mixed_precision),
     )
     trained = train.train(
@@ -326,10 +375,10 @@ def test_a_trained_variant_comes_back_and_saves_in_stock_layers_and_float32(
         warnings.simplefilter("error")
         loaded = keras.models.load_model(path)
     for model in (trained.model, loaded):
-        assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}
+        assert {layer.dtype_policy.name for layer in every_layer(model)} == {"float32"}
         batch_norms = [
             type(layer)
-            for layer in model.layers
+            for layer in every_layer(model)
             if isinstance(layer, keras.layers.BatchNormalization)
         ]
         assert batch_norms == [keras.layers.BatchNormalization] * 2  # the conv's and the dense's
@@ -338,6 +387,8 @@ def test_a_trained_variant_comes_back_and_saves_in_stock_layers_and_float32(
     probabilities = loaded.predict(x[80:], verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, trained.model.predict(x[80:], verbose=0), atol=1e-6)
+    mirror_answers = loaded.predict(x[80:, :, ::-1], verbose=0)
+    assert np.allclose(mirror_answers, probabilities, atol=1e-6) == mirrored
     # The reported validation accuracy is the float32 model's.
     accuracy = np.mean(probabilities.argmax(1) == y[80:].argmax(1))
     assert trained.metrics.final_val_accuracy == pytest.approx(accuracy)

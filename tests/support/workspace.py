@@ -30,8 +30,16 @@ TINY_VARIANTS: dict[str, Any] = {
             "architecture": "cnn",
             "conv_blocks": [{"filters": 4, "kernel_size": 3, "pool": True, "dropout": 0.1}],
             "dense": [16],
+            # As the default cnn: every stage, the registry and serving see a mirror-averaged model.
+            "test_time_flip": True,
         },
-        "fit": {"learning_rate": 0.01, "batch_size": 32, "epochs": 3, "seed": 1},
+        "fit": {
+            "learning_rate": 0.01,
+            "batch_size": 32,
+            "epochs": 3,
+            "seed": 1,
+            "augment_flip": True,
+        },
     },
 }
 

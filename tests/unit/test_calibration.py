@@ -70,8 +70,9 @@ def test_ece_by_hand():
     assert np.isnan(accuracy[0])
 
 
+@pytest.mark.parametrize("mirrored", [False, True], ids=["plain", "mirror-averaged"])
 @pytest.mark.parametrize("output_activation", ["softmax", "sigmoid"])
-def test_calibrated_keras_model_serves_what_the_numbers_say(tmp_path, output_activation):
+def test_calibrated_keras_model_serves_what_the_numbers_say(tmp_path, output_activation, mirrored):
     keras.utils.set_random_seed(0)
     config = ModelConfig(
         architecture="cnn",
@@ -81,6 +82,8 @@ def test_calibrated_keras_model_serves_what_the_numbers_say(tmp_path, output_act
         output_activation=output_activation,
     )
     model = models.build(config, num_classes=10)
+    if mirrored:
+        model = models.mirror_averaged(model)
     images = np.random.default_rng(5).random((32, 28, 28), dtype=np.float32)
     outputs = np.asarray(model(images))
     log_scores = np.asarray(calibration.log_scores_model(model)(images))

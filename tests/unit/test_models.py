@@ -260,3 +260,37 @@ def test_repository_seed_variants_have_their_sources_parameters(variant):
 def test_every_seed_variant_in_params_is_checked():
     params = config.load(Path(__file__).resolve().parents[2] / "params.yaml")
     assert {name for name in params.train.models if name.startswith("seed")} == set(SEED_PARAMETERS)
+
+
+@pytest.mark.parametrize("output_activation", ["softmax", "sigmoid"])
+def test_mirror_averaged_model_answers_for_the_image_and_its_mirror(tmp_path, output_activation):
+    """Test-time mirroring: the output activation of the mean of the two images' scores, the
+    same answer for an image and its mirror, in standard layers that load without this package."""
+    keras.utils.set_random_seed(0)
+    config = dataclasses.replace(CNN, dense=(8,), output_activation=output_activation)
+    model = models.build(config, num_classes=3)
+    images = np.random.default_rng(1).random((6, 28, 28), dtype=np.float32)
+    mirrored = images[:, :, ::-1]
+    features = keras.Model(model.inputs[0], model.layers[-2].output)
+    kernel, bias = model.layers[-1].get_weights()
+
+    def scores(x):
+        return np.asarray(features(x)) @ kernel + bias
+
+    mean = (scores(images) + scores(mirrored)) / 2
+    activation = keras.activations.get(output_activation)
+    averaged = models.mirror_averaged(model)
+    answers = np.asarray(averaged(images))
+    np.testing.assert_allclose(answers, np.asarray(activation(mean)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(averaged(mirrored)), answers, atol=1e-6)
+    assert np.abs(np.asarray(model(images)) - np.asarray(model(mirrored))).max() > 1e-3
+    assert averaged.layers[-1].name == models.HEAD and averaged.name == model.name
+    assert models.output_layer(averaged)[1] == output_activation
+    # What training may go on with: the same trainable weights, in the same order.
+    assert [v.shape for v in averaged.trainable_variables] == [
+        v.shape for v in model.trainable_variables
+    ]
+    path = tmp_path / "mirrored.keras"
+    averaged.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(np.asarray(loaded(images)), answers, atol=1e-6)
