@@ -4,9 +4,10 @@
     python bench/forward_cost.py --variants cnn,mlp,seed003_cnn --batch 256 --threads 1
 
 Builds each variant from the params file (untrained weights cost the same as trained ones),
-traces it as serving does (a tf.function of float32 (N, 28, 28) batches) and times calls of one
-image and of `--batch` images with the threads one serving worker gets (`--threads`; with
-SERVING_WORKERS=2 on 2 cores that is 1). The first variant is the baseline of the ratios.
+mirror-averaged where `model.test_time_flip` asks, traces it as serving does (a tf.function of
+float32 (N, 28, 28) batches) and times calls of one image and of `--batch` images with the
+threads one serving worker gets (`--threads`; with SERVING_WORKERS=2 on 2 cores that is 1). The
+first variant is the baseline of the ratios.
 """
 
 from __future__ import annotations
@@ -65,7 +66,13 @@ def measure(variants: dict, *, batch: int, repeats: int) -> dict[str, dict[str, 
     built = {
         name: models.build(variant.model, num_classes=10) for name, variant in variants.items()
     }
-    functions = {name: traced(model) for name, model in built.items()}
+    # What is served: with `model.test_time_flip`, the network runs on the image and its mirror.
+    passes = {name: 2 if variant.model.test_time_flip else 1 for name, variant in variants.items()}
+    served = {
+        name: models.mirror_averaged(model) if passes[name] == 2 else model
+        for name, model in built.items()
+    }
+    functions = {name: traced(model) for name, model in served.items()}
     for function in functions.values():
         function(one), function(many)  # trace both shapes' kernels once
     times = {name: {"one": [], "batch": []} for name in variants}
@@ -75,7 +82,7 @@ def measure(variants: dict, *, batch: int, repeats: int) -> dict[str, dict[str, 
             times[name]["batch"].append(cpu_milliseconds(function, many))
     return {
         name: {
-            "macs": multiply_accumulates(built[name]),
+            "macs": multiply_accumulates(built[name]) * passes[name],
             "parameters": built[name].count_params(),
             "one": statistics.median(times[name]["one"]),
             "batch": statistics.median(times[name]["batch"]),
