@@ -110,6 +110,14 @@ def test_a_model_without_a_probability_head_is_refused():
         calibration.calibrated_model(model, 2.0)
 
 
+def test_a_functional_model_with_two_inputs_is_refused():
+    left, right = keras.Input((28, 28)), keras.Input((28, 28))
+    joined = keras.layers.Flatten()(keras.layers.Concatenate()([left, right]))
+    model = keras.Model([left, right], keras.layers.Dense(3, activation="softmax")(joined))
+    with pytest.raises(ValueError, match="no single input and output layer"):
+        calibration.calibrated_model(model, 2.0)
+
+
 def test_reliability_figure_shows_both_curves():
     scores, labels = synthetic_scores(3.0, seed=6)
     figure = calibration.reliability_figure(
