@@ -262,12 +262,15 @@ def test_every_seed_variant_in_params_is_checked():
     assert {name for name in params.train.models if name.startswith("seed")} == set(SEED_PARAMETERS)
 
 
+@pytest.mark.parametrize("base", [MLP, CNN], ids=["mlp", "cnn"])
 @pytest.mark.parametrize("output_activation", ["softmax", "sigmoid"])
-def test_mirror_averaged_model_answers_for_the_image_and_its_mirror(tmp_path, output_activation):
+def test_mirror_averaged_model_answers_for_the_image_and_its_mirror(
+    tmp_path, output_activation, base
+):
     """Test-time mirroring: the output activation of the mean of the two images' scores, the
     same answer for an image and its mirror, in standard layers that load without this package."""
     keras.utils.set_random_seed(0)
-    config = dataclasses.replace(CNN, dense=(8,), output_activation=output_activation)
+    config = dataclasses.replace(base, dense=(8,), output_activation=output_activation)
     model = models.build(config, num_classes=3)
     images = np.random.default_rng(1).random((6, 28, 28), dtype=np.float32)
     mirrored = images[:, :, ::-1]
