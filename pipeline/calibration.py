@@ -177,19 +177,9 @@ def calibrated_model(model: keras.Model, temperature: float) -> keras.Model:
     Standard layers only, so `keras.saving.load_model` reads the saved file without custom
     objects; the output layer keeps the name `probabilities`.
     """
-    import keras
-
     head, activation = _output_layer(model)
-    scale = keras.layers.Dense(
-        head.units,
-        activation="softmax",
-        use_bias=False,
-        trainable=False,
-        dtype="float32",
-        name=models.HEAD,
-    )
-    scale.build((head.units,))
-    scale.set_weights([np.eye(head.units, dtype=np.float32) / np.float32(temperature)])
+    kernel = np.eye(head.units, dtype=np.float32) / np.float32(temperature)
+    scale = models.fixed_dense(kernel, activation="softmax", name=models.HEAD, bias=False)
     return _chain(model, [_log_head(head, activation, name="log_scores"), scale])
 
 

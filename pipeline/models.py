@@ -152,17 +152,18 @@ def mirror_averaged(model: keras.Sequential) -> keras.Model:
     body = keras.Sequential(
         [keras.Input(shape=model.input_shape[1:]), *model.layers[:-1]], name="features"
     )
-    mirror = _fixed_dense(np.eye(width)[::-1], activation=None, name="mirror", bias=False)
+    mirror = fixed_dense(np.eye(width)[::-1], activation=None, name="mirror", bias=False)
     scores = keras.layers.Dense(head.units, dtype="float32", name="scores")
     scores.build(head.kernel.shape[:1])
     scores.set_weights(head.get_weights())
     mean = keras.layers.Average(dtype="float32")([scores(body(image)), scores(body(mirror(image)))])
-    output = _fixed_dense(np.eye(head.units), activation=activation, name=HEAD)
+    output = fixed_dense(np.eye(head.units), activation=activation, name=HEAD)
     return keras.Model(image, output(mean), name=model.name)
 
 
-def _fixed_dense(kernel, *, activation: str | None, name: str, bias: bool = True):
-    """A float32 Dense layer with this `kernel` (and a zero bias) that training leaves alone."""
+def fixed_dense(kernel, *, activation: str | None, name: str, bias: bool = True):
+    """A float32 Dense layer with this `kernel` (and a zero bias) that training leaves alone:
+    mirroring, averaging and calibration in standard layers."""
     import keras
     import numpy as np
 
