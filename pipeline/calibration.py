@@ -152,14 +152,7 @@ def _chain(model: keras.Model, last: list) -> keras.Model:
 
 def _log_head(head, activation: str, *, name: str):
     """A copy of the output layer that outputs the log of its activation."""
-    import keras
-
-    log_head = keras.layers.Dense(
-        head.units, activation=LOG_ACTIVATIONS[activation], dtype="float32", name=name
-    )
-    log_head.build(head.kernel.shape[:1])
-    log_head.set_weights(head.get_weights())
-    return log_head
+    return models.dense_copy(head, activation=LOG_ACTIVATIONS[activation], name=name)
 
 
 def log_scores_model(model: keras.Model) -> keras.Model:

@@ -153,12 +153,20 @@ def mirror_averaged(model: keras.Sequential) -> keras.Model:
         [keras.Input(shape=model.input_shape[1:]), *model.layers[:-1]], name="features"
     )
     mirror = fixed_dense(np.eye(width)[::-1], activation=None, name="mirror", bias=False)
-    scores = keras.layers.Dense(head.units, dtype="float32", name="scores")
-    scores.build(head.kernel.shape[:1])
-    scores.set_weights(head.get_weights())
+    scores = dense_copy(head, activation=None, name="scores")
     mean = keras.layers.Average(dtype="float32")([scores(body(image)), scores(body(mirror(image)))])
     output = fixed_dense(np.eye(head.units), activation=activation, name=HEAD)
     return keras.Model(image, output(mean), name=model.name)
+
+
+def dense_copy(layer, *, activation: str | None, name: str):
+    """A float32 copy of the Dense `layer` (its weights, not shared) with another activation."""
+    import keras
+
+    copy = keras.layers.Dense(layer.units, activation=activation, dtype="float32", name=name)
+    copy.build(layer.kernel.shape[:1])
+    copy.set_weights(layer.get_weights())
+    return copy
 
 
 def fixed_dense(kernel, *, activation: str | None, name: str, bias: bool = True):
