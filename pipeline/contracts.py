@@ -141,7 +141,11 @@ class PreparedMeta(Contract):
 
 @dataclass(frozen=True)
 class TrainMetrics(Contract):
-    """`metrics/train/<variant>.json`: how one variant's training ended (also in run.json)."""
+    """`metrics/train/<variant>.json`: how one variant's training ended (also in run.json).
+
+    The `final_val_*` figures are the saved (served) model's, mirror-averaged where the variant
+    has `test_time_flip`; `best_val_accuracy` is the best epoch of the fit's own per-epoch
+    validation, which runs the network once per image."""
 
     writer: ClassVar[str] = "train"
 
