@@ -24,7 +24,7 @@ $(BIN)/python:
 
 # The stamp records which extras were installed, so switching GPU=1 on or off reinstalls.
 # uv (installed into the venv by pip) resolves pyproject.toml to the same versions as pip and
-# installs and byte-compiles them on every core: 35 s against pip's 79 s here, warm caches both.
+# installs and byte-compiles them on every core: 35 s against 79 s with pip here, warm caches.
 # Where uv cannot be had or fails (an index only pip's config knows, say), pip installs instead;
 # INSTALLER=pip skips uv. pip byte-compiles on one core, so it runs with --no-compile and
 # compileall compiles on all of them (0.55-0.85x the time). Compiling at install matters: every
