@@ -6,9 +6,10 @@ comma := ,
 # GPU=1 installs TensorFlow with CUDA instead of the CPU build.
 EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
 PORT ?= 3000
+DOCS_PORT ?= 8000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data postgres browser npm repro test test-fast lint format ui serve build bench clean
+.PHONY: help install data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -16,6 +17,7 @@ help:
 	@echo "make serve   serve the registered champion with BentoML on 127.0.0.1:$(PORT)"
 	@echo "make ui      MLflow UI on 127.0.0.1:5000"
 	@echo "make bench   run the benchmarks in bench/"
+	@echo "make docs    the documentation site on 127.0.0.1:$(DOCS_PORT)"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version'
@@ -132,6 +134,11 @@ bench: install
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/forward_cost.py
 	$(BIN)/python bench/serve_load.py
+
+# The documentation site (docs/, mkdocs.yml), rebuilt on every edit. `make test` builds it with
+# --strict (tests/unit/test_docs.py), so a broken link fails there.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

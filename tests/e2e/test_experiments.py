@@ -175,7 +175,7 @@ def test_the_mlflow_ui_lists_the_training_runs_with_their_datasets(experiments, 
         # experiment kind tag does not decide it); this is the link `make ui` prints.
         url = f"{server.url}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
         page = chromium.rendered_dom(url)
-        chromium.screenshot(url, "mlflow-training-runs.png")
+        chromium.for_docs(chromium.screenshot(url, "mlflow-training-runs.png"))
     for run_name in ("cnn@long", "cnn@short", "mlp@short"):
         assert run_name in page
     assert "synthetic/training" in page

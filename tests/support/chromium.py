@@ -7,6 +7,7 @@ where it is missing. For pages driven by clicks, see tests/integration/service/t
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -17,6 +18,10 @@ from tests.support.servers import REPO_ROOT
 
 # Where tests leave screenshots for people to look at; git-ignored.
 SCREENSHOTS = REPO_ROOT / "reports" / "screenshots"
+# The screenshots README.md and docs/ show; committed, so the site builds from a clean clone.
+# `DOCS_IMAGES=1` makes the browser tests refresh them (see docs/development.md).
+DOCS_IMAGES = REPO_ROOT / "docs" / "images"
+DOCS_SHOWN = frozenset({"ui-upload.png", "ui-phone-answer.png", "mlflow-training-runs.png"})
 # Every host name resolves to nothing: a page that needs the network shows it. IP literals
 # (a server on 127.0.0.1) still connect.
 OFFLINE = "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"
@@ -56,3 +61,14 @@ def screenshot(url: str, name: str, *, budget_ms: int = 30000) -> Path:
     path = SCREENSHOTS / name
     headless(url, f"--screenshot={path}", budget_ms=budget_ms)
     return path
+
+
+def for_docs(path: Path) -> Path | None:
+    """Copy a screenshot the docs show into docs/images/ when DOCS_IMAGES=1; the copy's path,
+    else None. Off by default so that `make test` leaves the committed images alone."""
+    if os.environ.get("DOCS_IMAGES") != "1" or path.name not in DOCS_SHOWN:
+        return None
+    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+    target = DOCS_IMAGES / path.name
+    shutil.copyfile(path, target)
+    return target

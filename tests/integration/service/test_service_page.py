@@ -1,7 +1,7 @@
 """The page at /ui in a real headless Chromium against a real `bentoml serve` of a Fashion
 model: draw a stroke (mouse, then a finger on a phone-sized window), upload a test image, read
 the bars, check them against /predict_image on the same image, see the errors in words.
-Screenshots go to reports/screenshots/."""
+Screenshots go to reports/screenshots/ (and docs/images/ with DOCS_IMAGES=1)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from serving import preprocess
-from tests.support import shapes
+from tests.support import chromium, shapes
 from tests.support.servers import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -129,6 +129,7 @@ def screenshot(driver, name: str, tmp_path: Path) -> Path:
     shutil.copyfile(path, SCREENSHOTS / path.name)
     with Image.open(path) as picture:
         assert picture.size[0] > 300
+    chromium.for_docs(path)
     return path
 
 
