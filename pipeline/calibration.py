@@ -8,7 +8,7 @@ again; T > 1 softens over-confident answers, T < 1 sharpens under-confident ones
 predicted class never changes.
 
 `evaluate` fits T (`fit_temperature`), reports the expected calibration error on test before and
-after (`expected_calibration_error`), draws a reliability diagram (`reliability_figure`) and
+after (`expected_calibration_error`), gives a reliability diagram's data (`reliability_curves`) and
 registers `calibrated_model(model, T)`: the same network with T inside, made only of standard
 Keras layers, so whatever loads a `.keras` file serves calibrated probabilities unchanged.
 """
@@ -176,44 +176,29 @@ def calibrated_model(model: keras.Model, temperature: float) -> keras.Model:
     return _chain(model, [_log_head(head, activation, name="log_scores"), scale])
 
 
-def reliability_figure(
+@dataclass(frozen=True)
+class ReliabilityCurve:
+    """One model's reliability per confidence bin (`reliability`), named for a legend."""
+
+    name: str
+    mean_confidence: np.ndarray
+    accuracy: np.ndarray
+    counts: np.ndarray
+    ece: float
+
+
+def reliability_curves(
     labels: np.ndarray,
     *,
     before: np.ndarray,
     after: np.ndarray,
     temperature: float,
-    title: str,
     bins: int = BINS,
-):
-    """Reliability diagram: accuracy against confidence per bin, before and after scaling, with
-    the share of images in each bin below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, (curve, share) = pyplot.subplots(
-        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
-    )
-    curve.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
-    edges = np.linspace(0, 1, bins + 1)
-    width = 1 / bins
-    for probabilities, name, offset in (
-        (before, "before", -0.25),
-        (after, f"after (T = {temperature:.3f})", 0.25),
-    ):
+) -> list[ReliabilityCurve]:
+    """The reliability diagram's data (pipeline.figures draws it): before and after scaling."""
+    curves = []
+    for probabilities, name in ((before, "before"), (after, f"after (T = {temperature:.3f})")):
         mean_confidence, accuracy, counts = reliability(probabilities, labels, bins=bins)
         ece = expected_calibration_error(probabilities, labels, bins=bins)
-        curve.plot(mean_confidence, accuracy, marker="o", label=f"{name}: ECE {ece:.4f}")
-        share.bar(edges[:-1] + width * (0.5 + offset / 2), counts / counts.sum(), width / 2)
-    curve.set_ylabel("accuracy")
-    curve.set_xlim(0, 1)
-    curve.set_ylim(0, 1)
-    curve.grid(alpha=0.3)
-    curve.legend(loc="upper left")
-    curve.set_title(title)
-    share.set_xlabel("confidence (probability of the predicted class)")
-    share.set_ylabel("share of images")
-    share.set_yscale("log")
-    figure.tight_layout()
-    return figure
+        curves.append(ReliabilityCurve(name, mean_confidence, accuracy, counts, ece))
+    return curves

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline import calibration, config, contracts, datasets, devices, io, registry, tracking
+from pipeline.figures import confusion_figure, misclassified_figure, reliability_figure
 
 if TYPE_CHECKING:
     import keras
@@ -93,60 +94,6 @@ def classification_report(
     )
     confusion = metrics.confusion_matrix(labels, predictions, labels=label_ids)
     return report, text, confusion
-
-
-def confusion_figure(confusion: np.ndarray, class_names: tuple[str, ...], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    figure, axis = pyplot.subplots(figsize=(8, 7))
-    image = axis.imshow(confusion, cmap="Blues")
-    figure.colorbar(image, ax=axis)
-    ticks = np.arange(len(class_names))
-    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axis.set_yticks(ticks, class_names)
-    axis.set_xlabel("predicted")
-    axis.set_ylabel("true")
-    threshold = confusion.max() / 2
-    for row in range(len(class_names)):
-        for column in range(len(class_names)):
-            value = confusion[row, column]
-            color = "white" if value > threshold else "black"
-            axis.text(column, row, str(value), ha="center", va="center", fontsize=7, color=color)
-    axis.set_title(title)
-    figure.tight_layout()
-    return figure
-
-
-def misclassified_figure(images, labels, scores: Scores, class_names, *, count: int, title: str):
-    """A grid of the most confidently wrong test images, labelled predicted vs true."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    wrong = np.flatnonzero(scores.predictions != labels)
-    confidence = scores.probabilities[wrong, scores.predictions[wrong]]
-    chosen = wrong[np.argsort(-confidence)][:count]
-    columns = 5
-    rows = max(1, int(np.ceil(len(chosen) / columns)))
-    figure, axes = pyplot.subplots(
-        rows, columns, figsize=(columns * 2.2, rows * 2.4), squeeze=False
-    )
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, chosen, strict=False):
-        axis.imshow(images[index], cmap="gray", vmin=0.0, vmax=1.0)
-        predicted = class_names[scores.predictions[index]]
-        probability = scores.probabilities[index, scores.predictions[index]]
-        axis.set_title(
-            f"pred: {predicted} ({probability:.0%})\ntrue: {class_names[labels[index]]}", fontsize=8
-        )
-    figure.suptitle(f"{title}: {len(wrong)} misclassified, most confident shown")
-    figure.tight_layout()
-    return figure
 
 
 def confusion_records(labels, predictions, class_names) -> list[dict[str, str]]:
@@ -288,11 +235,13 @@ def figures(
         "misclassified.png": misclassified_figure(
             test[0], test[1], result.test, class_names, count=count, title=title
         ),
-        "reliability.png": calibration.reliability_figure(
-            test[1],
-            before=result.test.probabilities,
-            after=result.calibrated_test,
-            temperature=result.metrics.temperature,
+        "reliability.png": reliability_figure(
+            calibration.reliability_curves(
+                test[1],
+                before=result.test.probabilities,
+                after=result.calibrated_test,
+                temperature=result.metrics.temperature,
+            ),
             title=f"{title}: test reliability",
         ),
     }

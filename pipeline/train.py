@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline import config, contracts, io, tracking
 from pipeline.config import FitConfig, VariantConfig
+from pipeline.figures import curves_figure
 
 if TYPE_CHECKING:
     import keras
@@ -207,26 +208,6 @@ def fit_model(
             verbose=0,
         )
     return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
-
-
-def curves_figure(history: dict[str, list[float]], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    epochs = np.arange(1, len(history["loss"]) + 1)
-    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(10, 4))
-    for key, axis in (("loss", loss_axis), ("accuracy", accuracy_axis)):
-        axis.plot(epochs, history[key], label=f"train {key}")
-        axis.plot(epochs, history[f"val_{key}"], label=f"val {key}")
-        axis.set_xlabel("epoch")
-        axis.set_title(key)
-        axis.legend()
-        axis.grid(alpha=0.3)
-    figure.suptitle(title)
-    figure.tight_layout()
-    return figure
 
 
 def servable(

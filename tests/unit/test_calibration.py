@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import calibration, models
+from pipeline import calibration, figures, models
 from pipeline.config import ConvBlockConfig, ModelConfig
 
 
@@ -120,13 +120,13 @@ def test_a_functional_model_with_two_inputs_is_refused():
 
 def test_reliability_figure_shows_both_curves():
     scores, labels = synthetic_scores(3.0, seed=6)
-    figure = calibration.reliability_figure(
+    curves = calibration.reliability_curves(
         labels,
         before=calibration.softmax(scores),
         after=calibration.softmax(scores, 3.0),
         temperature=3.0,
-        title="synthetic",
     )
+    figure = figures.reliability_figure(curves, title="synthetic")
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert legend[0] == "calibrated"
     assert legend[1].startswith("before: ECE") and legend[2].startswith("after (T = 3.000)")

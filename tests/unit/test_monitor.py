@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from serving import monitor
+from serving import drift, monitor
 from serving.settings import Declared, Settings
 from serving.watch import STATISTICS, Watch, input_statistics, predict_answers
 
@@ -75,7 +75,7 @@ def test_monitor_settings_from_the_environment() -> None:
 
 def _predictions(rng: np.random.Generator, count: int, *, shift: float = 0.0, mix=None):
     labels = rng.choice(len(CLASSES), size=count, p=mix or [0.25] * 4)
-    return monitor.Predictions(
+    return drift.Predictions(
         labels=labels,
         confidence=np.clip(rng.normal(0.8 - shift, 0.1, count), 0, 1),
         statistics={name: rng.normal(0.3 + shift, 0.05, count) for name in STATISTICS},
@@ -92,7 +92,7 @@ PSI_CHECKS = config.DriftChecks(
 def test_same_distribution_is_no_drift(checks: config.DriftChecks) -> None:
     rng = np.random.default_rng(0)
     reference, served = _predictions(rng, 5000), _predictions(rng, 300)
-    results = monitor.compare(served, reference, class_names=CLASSES, checks=checks)
+    results = drift.compare(served, reference, class_names=CLASSES, checks=checks)
     assert set(results) == {"class_mix", "confidence", *STATISTICS}
     assert not any(result["drift"] for result in results.values()), results
 
@@ -102,7 +102,7 @@ def test_moved_distributions_are_drift(checks: config.DriftChecks) -> None:
     rng = np.random.default_rng(0)
     reference = _predictions(rng, 5000)
     served = _predictions(rng, 300, shift=0.1, mix=[0.7, 0.1, 0.1, 0.1])
-    results = monitor.compare(served, reference, class_names=CLASSES, checks=checks)
+    results = drift.compare(served, reference, class_names=CLASSES, checks=checks)
     assert all(result["drift"] for result in results.values()), results
     assert results["class_mix"]["largest_shift"].startswith("a 2")  # a: ~25% -> ~70%
     assert results["mean_intensity"]["served_mean"] > results["mean_intensity"]["reference_mean"]
@@ -113,10 +113,10 @@ def test_a_test_that_does_not_fit_the_quantity_is_refused() -> None:
     reference, served = _predictions(rng, 500), _predictions(rng, 300)
     wrong = config.DriftChecks(class_mix=config.DriftCheck("ks", 0.01))
     with pytest.raises(ValueError, match=r"class_mix\.test: 'ks' needs numbers; use chi2 or psi"):
-        monitor.compare(served, reference, class_names=CLASSES, checks=wrong)
+        drift.compare(served, reference, class_names=CLASSES, checks=wrong)
     wrong = config.DriftChecks(confidence=config.DriftCheck("chi2", 0.01))
     with pytest.raises(ValueError, match=r"confidence\.test: 'chi2' is for classes; use ks or psi"):
-        monitor.compare(served, reference, class_names=CLASSES, checks=wrong)
+        drift.compare(served, reference, class_names=CLASSES, checks=wrong)
 
 
 def _log_row(
@@ -162,7 +162,7 @@ def test_too_few_predictions_is_not_enough_data(tmp_path: Path) -> None:
     folder = _served_log(tmp_path, {"data.1.log": [_log_row()] * 5 + [_log_row("m", "2")] * 500})
     served = monitor.read_log(folder, model_name="m", model_version="1", classes=len(CLASSES))
     reference = _predictions(np.random.default_rng(0), 1000)
-    result = monitor.report(
+    result = drift.report(
         served, reference, class_names=CLASSES, model="m v1", config=config.MonitorConfig()
     )
     assert result["drift"] is None and result["status"] == "not enough data"
