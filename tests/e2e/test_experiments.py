@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from pipeline import contracts, offline_plots, registry
 from tests.support import chromium, project, servers
@@ -179,3 +180,19 @@ def test_the_mlflow_ui_lists_the_training_runs_with_their_datasets(experiments, 
     for run_name in ("cnn@long", "cnn@short", "mlp@short"):
         assert run_name in page
     assert "synthetic/training" in page
+
+
+def test_only_changed_columns_metrics_show_and_applying_an_experiment(experiments):
+    """The rest of the documented `dvc` commands; last in this module, since `dvc exp apply`
+    changes the copy's workspace."""
+    copy, env = experiments
+    changed = project.run(copy, "dvc", "exp", "show", "--only-changed", "--csv", env=env).stdout
+    header = next(csv.reader(io.StringIO(changed)))
+    assert "train.models.cnn.fit.epochs" in header
+    assert "prepare.val_fraction" not in header
+    shown = project.run(copy, "dvc", "metrics", "show", env=env).stdout
+    assert "metrics/evaluate.json" in shown and "chosen.test_accuracy" in shown
+    project.run(copy, "dvc", "exp", "apply", "long", env=env)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    assert params["train"]["models"]["cnn"]["fit"]["epochs"] == 4
+    assert json.loads((copy / "metrics" / "train" / "cnn.json").read_text())["epochs_run"] == 4
