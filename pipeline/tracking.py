@@ -25,7 +25,7 @@ from pipeline.stopping import stop_requested as stop_requested
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
 # The experiment's kind for MLflow 3 clients that read it; 3.17's UI opens its GenAI views whatever
-# the tag says (README, "The UI"), so `make ui` prints a URL that asks for the training view.
+# the tag says (docs/tracking.md), so `make ui` prints a URL that asks for the training view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # Files `dvc repro` rewrites: a change to them says nothing about the code or the params.
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots")
@@ -58,7 +58,7 @@ def registry_lock() -> Iterator[None]:
     `dvc queue start -j N` runs N `evaluate` stages at once, each in a temporary copy; without
     the lock two of them could both read the old champion and the worse one move the alias last.
     The lock file is in the main workspace's `.dvc/tmp/`, which the copies share (project_root).
-    Machines sharing one tracking server are not covered (README: Team set-up).
+    Machines sharing one tracking server are not covered (docs/team.md).
     """
     import fcntl
 

@@ -1,6 +1,6 @@
 """BentoML service: the registered champion classifies images, pixel batches and OIP tensors.
 
-Endpoints (JSON out; see README): `/predict_image` (multipart field `image`, or the raw image as
+Endpoints (JSON out; docs/serving.md) `/predict_image` (multipart field `image`, or the raw image as
 the body), `/predict_images` (repeated multipart field `images`), `/predict` (JSON
 `{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`.
 Uploads and OIP are our own routes (`serving.routes`); `/predict` and `/metadata` are BentoML's.
