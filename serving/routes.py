@@ -20,7 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving import oip, openapi, preprocess, uploads
+from serving import batching, oip, openapi, preprocess, uploads
 from serving.edge import no_endpoint
 from serving.errors import ApiError
 from serving.model import ServedModel
@@ -92,7 +92,9 @@ async def predict_images(request: Request) -> JSONResponse:
     service = _service()
     images = await uploads.uploads(request, field="images", max_count=service.settings.max_images)
     batch = _model_inputs(service.model, service.settings, images, "images")
-    probabilities = service.model.probabilities(batch)
+    probabilities = await batching.probabilities(
+        service.model.probabilities, batch, service.settings.batch_chunk_items
+    )
     return JSONResponse(
         service.model.results(probabilities),
         background=_watched("predict_images", batch, probabilities),
@@ -181,7 +183,9 @@ async def infer(request: Request) -> Response:
         header_length=request.headers.get(oip.HEADER_LENGTH),
         max_items=settings.max_batch_items,
     )
-    probabilities = model.probabilities(parsed.images)
+    probabilities = await batching.probabilities(
+        model.probabilities, parsed.images, settings.batch_chunk_items
+    )
     body, headers = oip.encode_response(
         probabilities,
         model_name=model.name,
