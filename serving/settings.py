@@ -41,7 +41,7 @@ class Settings:
     monitor_pixel_rate: float = 0.0
     # Most images per model call: larger batches are cut into calls of this many, so a single
     # image never waits behind a whole batch (serving.batching).
-    batch_chunk_items: int = 64
+    batch_chunk_items: int = 32
     # The watch's rotated daily record files older than this many days are removed (0: kept).
     monitor_keep_days: int = 30
     # ... and the oldest of them while all the records hold more bytes than this (0: no limit).
