@@ -1,8 +1,11 @@
 """Our own routes, mounted into the BentoML service: image uploads and the Open Inference Protocol.
 
-They run in each worker's event loop and call the model directly: decoding and preprocessing an
-image and one small model call take a few milliseconds of CPU, less than a hop to a thread pool
-and back costs in contention. Every refusal is an `ApiError`, answered as JSON.
+They run in each worker's event loop. A single image calls the model right there: decoding,
+preprocessing and one small model call take a few milliseconds of CPU, less than a hop to a
+thread pool and back costs in contention. Batches go to the model in chunks, in a thread
+(`serving.batching`), so that the loop serves single images meanwhile. `/` and `/docs.json`
+replace BentoML's: the API's page and its OpenAPI document (`serving.openapi`). Every refusal is
+an `ApiError`, answered as JSON.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Endpoints (JSON out; see README): `/predict_image` (multipart field `image`, or the raw image as
 the body), `/predict_images` (repeated multipart field `images`), `/predict` (JSON
-`{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`.
+`{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`;
+the page at `/` shows the OpenAPI document of them all (`/docs.json`, `serving.openapi`).
 Uploads and OIP are our own routes (`serving.routes`); `/predict` and `/metadata` are BentoML's.
 Every misuse gets a 4xx with `{"error": ...}` that says what to send; none takes the service down.
 
