@@ -13,12 +13,10 @@ that come through our own routes run in a thread, one at a time per worker, not 
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Callable
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache, partial
 
-import anyio
-import anyio.to_thread
 import numpy as np
 
 # Up to this many images, a call costs less than a hop to a thread and back: it runs in the loop.
@@ -36,28 +34,21 @@ def in_chunks(
     )
 
 
-_LIMITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _batch_limiter() -> anyio.CapacityLimiter:
-    """One batch at a time per worker: a second batch waits its turn instead of taking a second
-    core from the single images. One per event loop (a limiter belongs to the loop it runs in)."""
-    loop = asyncio.get_running_loop()
-    limiter = _LIMITERS.get(loop)
-    if limiter is None:
-        limiter = _LIMITERS[loop] = anyio.CapacityLimiter(1)
-    return limiter
+@cache
+def _batch_thread() -> ThreadPoolExecutor:
+    """One thread per worker process for batches: a second batch waits its turn instead of
+    taking a second core from the single images. Made on first use, in the worker."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
 
 
 async def probabilities(
     probabilities: Callable[[np.ndarray], np.ndarray], images: np.ndarray, chunk: int
 ) -> np.ndarray:
-    """`in_chunks` from a request handler: in the event loop for a few images, else in a thread
-    (so the loop goes on serving other requests meanwhile)."""
+    """`in_chunks` from a request handler: in the event loop for a few images, else in the
+    batch thread (so the loop goes on serving other requests meanwhile)."""
     if len(images) <= INLINE_ITEMS:
         return probabilities(images)
-    return await anyio.to_thread.run_sync(
-        partial(in_chunks, probabilities, images, chunk), limiter=_batch_limiter()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        _batch_thread(), partial(in_chunks, probabilities, images, chunk)
     )
