@@ -32,6 +32,7 @@ class Request:
     content_type: str
     images: int
     extra_headers: tuple[tuple[str, str], ...] = ()
+    method: str = "POST"
 
     @property
     def headers(self) -> dict[str, str]:
@@ -120,9 +121,12 @@ async def post_once(
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session,
-            session.post(base_url + request.path, data=request.body, headers=request.headers) as (
-                response
-            ),
+            session.request(
+                request.method,
+                base_url + request.path,
+                data=request.body or None,
+                headers=request.headers,
+            ) as response,
         ):
             return response.status, dict(response.headers), await response.read()
     except (TimeoutError, aiohttp.ClientError) as error:
@@ -148,7 +152,9 @@ async def _send(session: Any, url: str, request: Request) -> str | None:
     import aiohttp
 
     try:
-        async with session.post(url, data=request.body, headers=request.headers) as response:
+        async with session.request(
+            request.method, url, data=request.body or None, headers=request.headers
+        ) as response:
             payload = await response.read()
             if 200 <= response.status < 300:
                 return None

@@ -8,6 +8,8 @@ Goals (ours, measured against `mlflow models serve` on the same version in the s
     server CPU per single-image request <= 3 ms (concurrency 8)
     >= 6,000 images/s through /predict in batches (best concurrency)
     ready <= 6 s after start (process start -> /readyz 200)
+    single image /predict_image at concurrency 8: >= 0.5x the floor's req/s (GET /livez, same
+    server, same concurrency: what the HTTP stack alone allows)
 
 Reported without a goal: OIP /infer images/s (and its ratio to MLflow's batches), the resident
 memory of the server's process tree. Each single-image goal is judged for every single-image kind
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.serve_driver import Cell
-from bench.serve_payloads import BASELINE, SINGLE_IMAGE_KINDS
+from bench.serve_payloads import BASELINE, FLOOR, SINGLE_IMAGE_KINDS
 
 GOAL_CONCURRENCY = 8
 GOAL_SINGLE_RPS = 450.0
@@ -32,6 +34,7 @@ GOAL_RATIO = 15.0
 GOAL_CPU_MS = 3.0
 GOAL_BATCH_IMAGES_PER_S = 6000.0
 GOAL_READY_S = 6.0
+GOAL_FLOOR_FRACTION = 0.5
 MIB = 1024 * 1024
 # How much of a failed check's answer a goal line or table row repeats (the full text is above).
 FAILURE_CHARACTERS = 100
@@ -41,6 +44,7 @@ KIND_NAMES = {
     "images": "multipart, many",
     "batch": "JSON pixels",
     "oip": "OIP binary UINT8",
+    FLOOR: "GET /livez",
 }
 
 
@@ -85,6 +89,8 @@ def find(cells: list[Cell], server: str, kind: str, concurrency: int) -> Cell | 
 def ratio_for(cell: Cell, cells: list[Cell]) -> float | None:
     """Ours / MLflow images/s: the MLflow kind that is this kind's baseline, same concurrency."""
     if cell.server != "ours" or not cell.ok:
+        return None
+    if cell.kind not in BASELINE:
         return None
     other = find(cells, "mlflow", BASELINE[cell.kind], cell.concurrency)
     if other is None or not other.images_per_s:
@@ -144,6 +150,34 @@ def single_image_goals(cells: list[Cell], kind: str) -> list[Goal]:
         cpu_ms = cell.server_cpu_ms_per_request or math.nan
         verdict = judged(text, f"{cpu_ms:.2f} ms", [at_most(cpu_ms, GOAL_CPU_MS, "ms")])
     goals.append(verdict)
+    return goals + floor_goals(cells, kind)
+
+
+def floor_goals(cells: list[Cell], kind: str) -> list[Goal]:
+    """Each single-image cell of `kind` as a fraction of the floor's req/s at its concurrency:
+    a goal at GOAL_CONCURRENCY, reported at the others."""
+    goals = []
+    for cell in cells:
+        if (cell.server, cell.kind) != ("ours", kind):
+            continue
+        floor = find(cells, "ours", FLOOR, cell.concurrency)
+        judged_here = cell.concurrency == GOAL_CONCURRENCY
+        text = (
+            f"/predict_image ({KIND_NAMES[kind]}) at c={cell.concurrency}: "
+            + (f">= {GOAL_FLOOR_FRACTION}x" if judged_here else "fraction of")
+            + " the GET /livez floor's req/s"
+        )
+        verdict = not_measured(text, cell) or not_measured(text, floor)
+        if verdict is None:
+            fraction = cell.requests_per_s / floor.requests_per_s
+            figure = (
+                f"{fraction:.2f}x ({cell.requests_per_s:,.0f} / {floor.requests_per_s:,.0f} req/s)"
+            )
+            shortfall = at_least(fraction, GOAL_FLOOR_FRACTION, "x") if judged_here else ""
+            verdict = (
+                judged(text, figure, [shortfall]) if judged_here else Goal(text, "info", figure)
+            )
+        goals.append(verdict)
     return goals
 
 

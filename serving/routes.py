@@ -1,8 +1,11 @@
 """Our own routes, mounted into the BentoML service: image uploads and the Open Inference Protocol.
 
-They run in each worker's event loop and call the model directly: decoding and preprocessing an
-image and one small model call take a few milliseconds of CPU, less than a hop to a thread pool
-and back costs in contention. Every refusal is an `ApiError`, answered as JSON.
+They run in each worker's event loop. A single image calls the model right there: decoding,
+preprocessing and one small model call take a few milliseconds of CPU, less than a hop to a
+thread pool and back costs in contention. Batches go to the model in chunks, in a thread
+(`serving.batching`), so that the loop serves single images meanwhile. `/` and `/docs.json`
+replace BentoML's: the API's page and its OpenAPI document (`serving.openapi`). Every refusal is
+an `ApiError`, answered as JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving import oip, preprocess, uploads
+from serving import batching, oip, openapi, preprocess, uploads
 from serving.edge import no_endpoint
 from serving.errors import ApiError
 from serving.model import ServedModel
@@ -92,7 +95,9 @@ async def predict_images(request: Request) -> JSONResponse:
     service = _service()
     images = await uploads.uploads(request, field="images", max_count=service.settings.max_images)
     batch = _model_inputs(service.model, service.settings, images, "images")
-    probabilities = service.model.probabilities(batch)
+    probabilities = await batching.probabilities(
+        service.model.probabilities, batch, service.settings.batch_chunk_items
+    )
     return JSONResponse(
         service.model.results(probabilities),
         background=_watched("predict_images", batch, probabilities),
@@ -123,14 +128,42 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"ready": True})
 
 
-async def server_metadata(request: Request) -> JSONResponse:
+def _software_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        ours = version(SERVER_NAME)
+        return version(SERVER_NAME)
     except PackageNotFoundError:
-        ours = "unknown"
-    return JSONResponse(oip.server_metadata(name=SERVER_NAME, version=ours))
+        return "unknown"
+
+
+async def server_metadata(request: Request) -> JSONResponse:
+    return JSONResponse(oip.server_metadata(name=SERVER_NAME, version=_software_version()))
+
+
+async def api_document(request: Request) -> JSONResponse:
+    """The OpenAPI document of every route (serving.openapi), in place of BentoML's."""
+    service = _service()
+    settings = service.settings
+    document = openapi.document(
+        service.bento_service.openapi_spec.asdict(),
+        service=service.bento_service.name,
+        model_name=service.model.name,
+        model_version=service.model.version,
+        software_version=_software_version(),
+        limits={
+            "max_images": settings.max_images,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_batch_items": settings.max_batch_items,
+        },
+    )
+    return JSONResponse(document)
+
+
+async def api_page(request: Request) -> FileResponse:
+    """Swagger UI from BentoML's own copy of its assets, with nothing fetched from elsewhere
+    (BentoML's page loads Google Tag Manager, and Swagger UI's validator badge)."""
+    return FileResponse(STATIC / "api.html", headers={"Cache-Control": "no-cache"})
 
 
 async def model_metadata(request: Request) -> JSONResponse:
@@ -153,7 +186,9 @@ async def infer(request: Request) -> Response:
         header_length=request.headers.get(oip.HEADER_LENGTH),
         max_items=settings.max_batch_items,
     )
-    probabilities = model.probabilities(parsed.images)
+    probabilities = await batching.probabilities(
+        model.probabilities, parsed.images, settings.batch_chunk_items
+    )
     body, headers = oip.encode_response(
         probabilities,
         model_name=model.name,
@@ -197,6 +232,9 @@ def _model_routes(prefix: str) -> list[Route]:
 def app() -> Starlette:
     """The routes mounted at / of the BentoML service."""
     routes: list[Any] = [
+        # Before BentoML's own "/" and "/docs.json": mounted routes are matched first.
+        Route("/", api_page, methods=["GET"]),
+        Route("/docs.json", api_document, methods=["GET"]),
         Route("/ui", page, methods=["GET"]),
         Mount("/ui/static", StaticFiles(directory=STATIC), name="static"),
         Route("/predict_image", predict_image, methods=["POST"]),

@@ -2,7 +2,8 @@
 
 Endpoints (JSON out; docs/serving.md) `/predict_image` (multipart field `image`, or the raw image as
 the body), `/predict_images` (repeated multipart field `images`), `/predict` (JSON
-`{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`.
+`{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`;
+the page at `/` shows the OpenAPI document of them all (`/docs.json`, `serving.openapi`).
 Uploads and OIP are our own routes (`serving.routes`); `/predict` and `/metadata` are BentoML's.
 Every misuse gets a 4xx with `{"error": ...}` that says what to send; none takes the service down.
 
@@ -21,11 +22,12 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator
 
-from serving import failfast, preprocess, routes
+from serving import batching, failfast, preprocess, routes
 from serving.edge import Edge
 from serving.model import ServedModel, threads_per_worker
+from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
-from serving.watch import PredictWatch, Watch, keep_predict_inputs
+from serving.watch import MONITOR_NAME, PredictWatch, Watch, keep_predict_inputs
 
 log = logging.getLogger("serving")
 
@@ -78,7 +80,12 @@ class Classifier:
             model_version=self.model.version,
             class_names=self.model.class_names,
             pixel_rate=self.settings.monitor_pixel_rate,
+            pruner=Pruner(
+                Path(DECLARED.monitor_dir) / MONITOR_NAME,
+                Retention(self.settings.monitor_keep_days, self.settings.monitor_keep_bytes),
+            ),
         )
+        self.watch.pruner.maybe_prune()
         log.info("serving %s v%s (%s)", self.model.name, self.model.version, DECLARED.model_tag)
 
     # BentoML answers 503 to a queued request once it has waited, or is predicted to wait, longer
@@ -91,8 +98,10 @@ class Classifier:
         """Classify a batch of (N, 28, 28) or (N, 784) pixels, uint8 0-255 or float 0-1.
 
         Requests are batched together adaptively; each gets back one answer per image it sent.
+        BentoML runs this in a thread; the merged batch goes to the model in chunks.
         """
-        return self.model.classify(pixels)
+        chunk = self.settings.batch_chunk_items
+        return self.model.results(batching.in_chunks(self.model.probabilities, pixels, chunk))
 
     @bentoml.api
     def metadata(self) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from pathlib import Path
 MIB = 1024 * 1024
 # Where BentoML writes bento.yaml when this code runs from a built bento: <bento>/src/serving/.
 BENTO_ROOT = Path(__file__).resolve().parents[2]
+# Settings for which 0 means "no limit" or "choose for me".
+ZERO_ALLOWED = ("tf_threads", "monitor_keep_days", "monitor_keep_bytes")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,13 @@ class Settings:
     retry_after_s: int = 1
     # Fraction of predictions whose 28x28 model input the watch also records (0 = none, 1 = all).
     monitor_pixel_rate: float = 0.0
+    # Most images per model call: larger batches are cut into calls of this many, so a single
+    # image never waits behind a whole batch (serving.batching).
+    batch_chunk_items: int = 32
+    # The watch's rotated daily record files older than this many days are removed (0: kept).
+    monitor_keep_days: int = 30
+    # ... and the oldest of them while all the records hold more bytes than this (0: no limit).
+    monitor_keep_bytes: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,7 +65,7 @@ class Settings:
                 value = int(text)
             except ValueError:
                 raise ValueError(f"{name} must be an integer, got {text!r}") from None
-            if value < 0 or (value == 0 and field.name != "tf_threads"):
+            if value < 0 or (value == 0 and field.name not in ZERO_ALLOWED):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
             values[field.name] = value
         return cls(**values)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from serving import preprocess
+from serving.retention import Pruner
 
 log = logging.getLogger("serving")
 
@@ -95,6 +96,8 @@ class Watch:
     class_names: tuple[str, ...]
     pixel_rate: float = 0.0
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    # Removes old record files now and then (serving.retention); None keeps them all.
+    pruner: Pruner | None = None
 
     def record(
         self,
@@ -112,6 +115,8 @@ class Watch:
             self._record(endpoint, images, probabilities, labels)
         except Exception:
             log.exception("could not record %d prediction(s) of %s", len(images), endpoint)
+        if self.pruner is not None:
+            self.pruner.maybe_prune()
 
     def columns(
         self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
