@@ -31,8 +31,8 @@ class Settings:
     max_images: int = 64
     # Most images in one /predict or OIP infer request.
     max_batch_items: int = 1024
-    # TensorFlow threads per worker; 0 = the cores divided among the workers.
-    tf_threads: int = 0
+    # ONNX Runtime intra-op threads per worker; 0 = the cores divided among the workers.
+    model_threads: int = 0
     # Seconds a client is told to wait (Retry-After) when the service sheds load.
     retry_after_s: int = 1
     # Fraction of predictions whose 28x28 model input the watch also records (0 = none, 1 = all).
@@ -56,7 +56,7 @@ class Settings:
                 value = int(text)
             except ValueError:
                 raise ValueError(f"{name} must be an integer, got {text!r}") from None
-            if value < 0 or (value == 0 and field.name != "tf_threads"):
+            if value < 0 or (value == 0 and field.name != "model_threads"):
                 raise ValueError(f"{name} must be a positive integer, got {value}")
             values[field.name] = value
         return cls(**values)
