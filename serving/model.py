@@ -14,7 +14,8 @@ import numpy as np
 
 from serving import preprocess
 
-log = logging.getLogger("serving")
+# Under `bentoml.`, so BentoML shows these lines in the server log (it shows its own loggers).
+log = logging.getLogger("bentoml.serving")
 # The BentoML model's files (`serving.package` writes them; `info["onnx"]` says which is served).
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
