@@ -90,7 +90,18 @@ def providers() -> list[str]:
     """CUDA where this onnxruntime build and machine have it (onnxruntime-gpu), else the CPU."""
     import onnxruntime
 
-    return [CUDA, CPU] if CUDA in onnxruntime.get_available_providers() else [CPU]
+    if CUDA not in onnxruntime.get_available_providers():
+        return [CPU]
+    # onnxruntime-gpu's CUDA and cuDNN come as pip wheels (its `cuda,cudnn` extras), which the
+    # dynamic loader does not search: load them first. Without a GPU the session falls back to
+    # the CPU, and the log line below says so.
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as error:  # noqa: BLE001 - a failed preload only means CPU
+            log.warning("onnxruntime could not load CUDA libraries (%s)", error)
+    return [CUDA, CPU]
 
 
 def open_session(path: Path, *, threads: int):
