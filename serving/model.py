@@ -99,7 +99,7 @@ def providers() -> list[str]:
     if preload is not None:
         try:
             preload()
-        except Exception as error:  # noqa: BLE001 - a failed preload only means CPU
+        except Exception as error:  # A failed preload only means the CPU.
             log.warning("onnxruntime could not load CUDA libraries (%s)", error)
     return [CUDA, CPU]
 
