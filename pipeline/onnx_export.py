@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import re
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -178,8 +179,10 @@ def layer_ops(path: Path, layer: str) -> list[str]:
     """The ONNX op types tf2onnx made from `layer` (its node names carry the layer's name)."""
     import onnx
 
+    # tf2onnx names nodes model/layer_N/op: the layer's name with a call counter.
+    pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
     nodes = onnx.load(str(path)).graph.node
-    return sorted({node.op_type for node in nodes if f"/{layer}/" in f"/{node.name}"})
+    return sorted({node.op_type for node in nodes if pattern.search(node.name)})
 
 
 def export_checked(model: keras.Model, folder: Path, val_images: np.ndarray) -> Agreement:
