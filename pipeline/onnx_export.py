@@ -17,7 +17,7 @@ import logging
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +57,18 @@ class Agreement:
         return self.first_bad is None
 
 
+@contextlib.contextmanager
+def quiet(logger: str) -> Iterator[None]:
+    """`logger` ("" = the root logger) at WARNING for the duration."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -65,8 +77,13 @@ def export(model: keras.Model, path: Path) -> Path:
     """Write `model` as ONNX to `path` with Keras's own exporter (tf2onnx underneath); the
     batch dimension stays free. The model is called once first, as the exporter requires."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # tf2onnx prints its progress to stdout, and Keras warns about the input's name on the call.
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    # tf2onnx prints its progress to stdout and logs it at INFO, and Keras warns about the
+    # input's name on the call: only errors are worth showing.
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+        quiet("tf2onnx"),
+    ):
         warnings.simplefilter("ignore")
         model(np.zeros((1, *model.input_shape[1:]), np.float32))
         model.export(str(path), format="onnx", verbose=False)
@@ -222,16 +239,18 @@ def quantize(fp32: Path, int8: Path, calibration_images: np.ndarray) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference needs sympy; the shapes here are static but for the batch.
-        quantization.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantization.quantize_static(
-            str(prepared),
-            str(int8),
-            _Calibration(name, calibration_images),
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QUInt8,
-            weight_type=quantization.QuantType.QInt8,
-        )
+        # The quantizer logs a line per tensor it copies (on the root logger): only warnings.
+        with quiet(""):
+            quantization.quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantization.quantize_static(
+                str(prepared),
+                str(int8),
+                _Calibration(name, calibration_images),
+                quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+            )
     return int8
 
 
