@@ -151,13 +151,17 @@ def registered_onnx(tag: str, files: dict[str, Path], tags: dict[str, str]) -> d
     if served not in files:
         raise PackageError(f"{tag}: the version serves {served}, which it does not hold")
     log.info("%s serves %s (%s)", tag, served, tags.get("onnx_int8_decision", "no int8 rule"))
-    return {
+    onnx = {
         "served_file": served,
         "precision": "int8" if served == onnx_export.INT8_FILE else "fp32",
         "sha256": onnx_export.sha256(files[served]),
         "files": sorted(files),
         "int8_decision": tags.get("onnx_int8_decision", ""),
     }
+    if tags.get("onnx_served_test_accuracy"):
+        # What evaluate measured for the served file (the Keras model's is in `metrics`).
+        onnx["served_test_accuracy"] = float(tags["onnx_served_test_accuracy"])
+    return onnx
 
 
 def exported_onnx(

@@ -254,6 +254,7 @@ def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha2
         "onnx_fp32_sha256": onnx_export.sha256(folder / "model.onnx"),
         "onnx_int8_sha256": onnx_export.sha256(folder / "model.int8.onnx"),
         "onnx_int8_decision": "int8 keeps the answers: ...",
+        "onnx_served_test_accuracy": "0.930000",
     }
     source = registry.client.get_model_version(NAME, "2").source
     model_id = source.removeprefix("models:/")
@@ -268,6 +269,7 @@ def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha2
         assert onnx["files"] == ["model.int8.onnx", "model.onnx"]
         assert (onnx["served_file"], onnx["precision"]) == ("model.int8.onnx", "int8")
         assert onnx["sha256"] == tags["onnx_int8_sha256"] and "exported_by" not in onnx
+        assert onnx["served_test_accuracy"] == 0.93
         for name in onnx["files"]:
             assert (
                 onnx_export.sha256(Path(stored.path_of(name)))
