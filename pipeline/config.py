@@ -164,6 +164,37 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class Int8Config:
+    """Section `evaluate.int8`: when the statically quantized ONNX file is served instead of the
+    float32 one (`pipeline.onnx_export`). Both are always built and registered."""
+
+    # auto: serve int8 when it keeps the answers (below); fp32: always serve the float32 file.
+    serve: Literal["auto", "fp32"] = "auto"
+    # Most validation accuracy int8 may lose, in percentage points.
+    max_accuracy_drop: float = 0.1
+    # Least fraction of validation images whose class int8 must keep.
+    min_agreement: float = 0.995
+    # Training images the quantizer calibrates its activation ranges on (never test images).
+    calibration_images: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop < 0.0:
+            raise ConfigError(
+                "evaluate.int8.max_accuracy_drop must be at least 0 (percentage points), got"
+                f" {self.max_accuracy_drop}"
+            )
+        if not 0.0 < self.min_agreement <= 1.0:
+            raise ConfigError(
+                f"evaluate.int8.min_agreement must be in (0, 1], got {self.min_agreement}"
+            )
+        if self.calibration_images < 1:
+            raise ConfigError(
+                "evaluate.int8.calibration_images must be at least 1, got"
+                f" {self.calibration_images}"
+            )
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Section `evaluate`: how to choose the best variant and register it."""
 
@@ -172,6 +203,7 @@ class EvaluateConfig:
     # Registered model name; None means `<dataset>-classifier`.
     registered_model: str | None = None
     misclassified_examples: int = 25
+    int8: Int8Config = field(default_factory=Int8Config)
 
 
 @dataclass(frozen=True)

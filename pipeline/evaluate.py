@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import calibration, config, contracts, datasets, devices, io, registry, tracking
+from pipeline import (
+    calibration,
+    config,
+    contracts,
+    datasets,
+    devices,
+    io,
+    onnx_export,
+    registry,
+    tracking,
+)
 from pipeline.figures import confusion_figure, misclassified_figure, reliability_figure
 
 if TYPE_CHECKING:
@@ -279,7 +290,11 @@ def champion_accuracy_on(
 
 
 def version_tags(
-    evaluation: Evaluation, run: contracts.TrainedRun, meta: contracts.PreparedMeta, select_by: str
+    evaluation: Evaluation,
+    run: contracts.TrainedRun,
+    meta: contracts.PreparedMeta,
+    select_by: str,
+    onnx: Mapping[str, str] | None = None,
 ) -> registry.VersionTags:
     """The registry tags of the chosen variant's version: what serving needs to know."""
     return registry.VersionTags(
@@ -293,6 +308,7 @@ def version_tags(
         content_size=datasets.content_size(meta.dataset),
         selected_by=select_by,
         metrics=dataclasses.asdict(evaluation.best.metrics),
+        onnx=dict(onnx or {}),
     )
 
 
@@ -321,9 +337,11 @@ def register_chosen(
     name: str,
     settings: config.EvaluateConfig,
     model_uri: str,
+    onnx: Mapping[str, str] | None = None,
 ) -> registry.Registration:
     """Register the chosen variant's `model_uri` (its calibrated model, logged to its training
-    run) and put it through the promotion gate."""
+    run, with its ONNX files described by the `onnx` tags) and put it through the promotion
+    gate."""
     run = runs[evaluation.chosen]
     scored = {
         runs[variant].run_id: result.metrics.test_accuracy
@@ -334,7 +352,7 @@ def register_chosen(
         name=name,
         run_id=run.run_id,
         model_uri=model_uri,
-        tags=version_tags(evaluation, run, meta, settings.select_by),
+        tags=version_tags(evaluation, run, meta, settings.select_by, onnx),
         description=description(evaluation, run, meta, settings.select_by),
         test_accuracy=evaluation.best.metrics.test_accuracy,
         champion_test_accuracy=champion_accuracy_on(client, name, *test, scored=scored),
@@ -516,11 +534,20 @@ def run_stage(args: argparse.Namespace) -> None:
         evaluation, runs=runs, test=test, meta=meta, count=params.evaluate.misclassified_examples
     )
     best = evaluation.best.metrics
-    calibrated_uri = tracking.log_calibrated_model(
-        runs[evaluation.chosen].run_id,
-        calibration.calibrated_model(models[evaluation.chosen], best.temperature),
-        example=val[0][:8],
-    )
+    served = calibration.calibrated_model(models[evaluation.chosen], best.temperature)
+    with tempfile.TemporaryDirectory() as scratch:
+        # The ONNX files are checked before anything is logged or registered.
+        onnx_files = onnx_export.build_files(
+            served,
+            Path(scratch),
+            val=val,
+            test=test,
+            train_images=load_split(args.data / "train.npz")[0],
+            rule=params.evaluate.int8,
+        )
+        calibrated_uri = tracking.log_calibrated_model(
+            runs[evaluation.chosen].run_id, served, example=val[0][:8], onnx_folder=Path(scratch)
+        )
     with tracking.registry_lock():
         registration = register_chosen(
             client,
@@ -531,6 +558,7 @@ def run_stage(args: argparse.Namespace) -> None:
             name=params.registered_model,
             settings=params.evaluate,
             model_uri=calibrated_uri,
+            onnx=onnx_files.as_tags(),
         )
     # The outputs come last, so a stage stopped before this point has written none of them.
     write_plots(args.plots, figures, evaluation, labels=test[1], class_names=meta.class_names)

@@ -21,6 +21,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 METRIC_TAGS = tuple(item.name for item in fields(contracts.VariantMetrics))
 # The tag of the temperature folded into a registered (calibrated) model.
 TEMPERATURE = "temperature"
+# The tags about a version's ONNX files start with this.
+ONNX_PREFIX = "onnx_"
 
 
 class NoSuchVersion(LookupError):
@@ -45,21 +47,29 @@ class VersionTags:
     content_size: int | None = None
     selected_by: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    # The ONNX files' tags (`onnx_*`: served file, sha256s, check, int8 decision), as
+    # `pipeline.onnx_export.OnnxFiles.as_tags` writes them; empty for a version without ONNX.
+    onnx: dict[str, str] = field(default_factory=dict)
 
     def as_tags(self) -> dict[str, str]:
         """MLflow tags (strings only); absent fields are left out."""
         tags = {}
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name == "metrics" or value is None:
+            if item.name in ("metrics", "onnx") or value is None:
                 continue
             tags[item.name] = json.dumps(list(value)) if item.name == "class_names" else str(value)
-        return tags | {key: f"{value:.6f}" for key, value in self.metrics.items()}
+        metrics = {key: f"{value:.6f}" for key, value in self.metrics.items()}
+        return tags | metrics | self.onnx
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> VersionTags:
         """Read the tags of a version back; unknown tags are ignored, missing ones are None."""
-        texts = {item.name: tags.get(item.name) for item in fields(cls) if item.name != "metrics"}
+        texts = {
+            item.name: tags.get(item.name)
+            for item in fields(cls)
+            if item.name not in ("metrics", "onnx")
+        }
         class_names = texts.pop("class_names")
         content_size = texts.pop("content_size")
         return cls(
@@ -67,6 +77,7 @@ class VersionTags:
             class_names=tuple(json.loads(class_names)) if class_names else None,
             content_size=int(content_size) if content_size else None,
             metrics={key: float(tags[key]) for key in METRIC_TAGS if key in tags},
+            onnx={key: value for key, value in tags.items() if key.startswith(ONNX_PREFIX)},
         )
 
 

@@ -335,9 +335,12 @@ def log_evaluation(
         client.log_figure(run_id, figure, f"evaluation/{file_name}")
 
 
-def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
+def log_calibrated_model(
+    run_id: str, model: Any, *, example: Any, onnx_folder: Path | None = None
+) -> str:
     """Log `model` (the temperature-scaled one `evaluate` registers) as `calibrated_model` of the
-    finished training run `run_id`; return the logged model's URI.
+    finished training run `run_id`, with the files in `onnx_folder` (its ONNX exports) under the
+    logged model's `onnx/`; return the logged model's URI.
 
     MLflow logs a model only into an active run: the run is resumed for that, then given back
     the status and end time it had, also when logging fails, so a finished training run stays
@@ -359,6 +362,8 @@ def log_calibrated_model(run_id: str, model: Any, *, example: Any) -> str:
                     signature=infer_signature(example, model.predict(example, verbose=0)),
                     pip_requirements=pip_requirements(),
                 )
+                if onnx_folder is not None:
+                    client.log_model_artifacts(info.model_id, str(onnx_folder), "onnx")
         finally:
             client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_uri

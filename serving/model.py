@@ -1,8 +1,10 @@
-"""The served model: a Keras file from the BentoML store, its class names, and its answers."""
+"""The served model: an ONNX file from the BentoML store run by ONNX Runtime, its class names and
+its answers. Nothing here imports TensorFlow or Keras: a serving worker never loads them."""
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,18 @@ from typing import Any
 import numpy as np
 
 from serving import preprocess
+
+# Under `bentoml.`, so BentoML shows these lines in the server log (it shows its own loggers).
+log = logging.getLogger("bentoml.serving")
+# The BentoML model's files (`serving.package` writes them; `info["onnx"]` says which is served).
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def served_file(info: dict[str, Any]) -> str:
+    """The file name, inside the BentoML model, of the ONNX file to serve."""
+    return str((info.get("onnx") or {}).get("served_file", FP32_FILE))
 
 
 @dataclass
@@ -22,25 +36,36 @@ class ServedModel:
     content_size: int
     version: str
     name: str
-    _infer: Any = field(repr=False, default=None)
+    _session: Any = field(repr=False, default=None)
+    _input: str = field(repr=False, default="")
 
     @classmethod
     def load(cls, path: Path, *, info: dict[str, Any], version: str, threads: int) -> ServedModel:
-        """Load the Keras file at `path`; ValueError when it does not match its metadata."""
+        """Open the ONNX file at `path`; ValueError when it does not match its metadata. The
+        runtime, its version, providers and the file's sha256 are added to `info` under
+        `runtime` (what /metadata shows)."""
         class_names = tuple(info["class_names"])
+        session = open_session(path, threads=threads)
+        outputs = session.get_outputs()[0].shape[-1]
+        if outputs != len(class_names):
+            raise ValueError(f"model has {outputs} outputs but {len(class_names)} class names")
         served = cls(
-            info=info,
+            info=info | {"runtime": runtime_info(session, path)},
             class_names=class_names,
             content_size=int(info.get("content_size", preprocess.MNIST_CONTENT_SIZE)),
             version=str(info.get("version", version)),
             name=str(info.get("registered_model", "classifier")),
+            _session=session,
+            _input=session.get_inputs()[0].name,
         )
-        served._infer = _traced_model(path, outputs=len(class_names), threads=threads)
+        served.probabilities(np.zeros((1, 28, 28), np.float32))
         return served
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities, float32 (N, classes), for float32 (N, 28, 28) images in [0, 1]."""
-        return np.asarray(self._infer(images), dtype=np.float32)
+        """Class probabilities, float32 (N, classes), for (N, 28, 28) images in [0, 1]."""
+        # ONNX Runtime takes exactly the declared type: JSON pixels arrive as float64.
+        feed = np.ascontiguousarray(images, dtype=np.float32)
+        return self._session.run(None, {self._input: feed})[0]
 
     def results(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
         """One JSON-ready answer per row of probabilities."""
@@ -61,39 +86,66 @@ class ServedModel:
         return self.results(self.probabilities(images))
 
 
-def _traced_model(path: Path, *, outputs: int, threads: int):
-    """The Keras model at `path` as a traced function of float32 (N, 28, 28) batches."""
-    import keras
-    import tensorflow as tf
+def providers() -> list[str]:
+    """CUDA where this onnxruntime build and machine have it (onnxruntime-gpu), else the CPU."""
+    import onnxruntime
 
-    from pipeline import devices
-
-    # Each worker gets its share of the cores; TensorFlow's default (every core, in every
-    # worker) oversubscribes the CPU with several workers, and one image gains nothing.
-    # RuntimeError: TensorFlow already runs in this process (in tests) and keeps its threads.
-    with contextlib.suppress(RuntimeError):
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    devices.configure()
-    model = keras.saving.load_model(path, compile=False)
-    if model.output_shape[-1] != outputs:
-        raise ValueError(f"model has {model.output_shape[-1]} outputs but {outputs} class names")
-    infer = traced(model)
-    infer(np.zeros((1, 28, 28), np.float32))
-    return infer
+    if CUDA not in onnxruntime.get_available_providers():
+        return [CPU]
+    # onnxruntime-gpu's CUDA and cuDNN come as pip wheels (its `cuda,cudnn` extras), which the
+    # dynamic loader does not search: load them first. Without a GPU the session falls back to
+    # the CPU, and the log line below says so.
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception as error:  # A failed preload only means the CPU.
+            log.warning("onnxruntime could not load CUDA libraries (%s)", error)
+    return [CUDA, CPU]
 
 
-def traced(model):
-    """`model` at inference as a traced function of float32 (N, 28, 28) batches: with a fixed
-    signature a call costs a fraction of `model.predict`'s (bench/forward_cost.py times this)."""
-    import tensorflow as tf
+def open_session(path: Path, *, threads: int):
+    """An InferenceSession on `path` with `threads` intra-op threads, one inter-op thread and no
+    spinning: onnxruntime's default (a spinning thread per core, in every worker) would have the
+    workers of one machine fight for its cores."""
+    import onnxruntime
 
-    return tf.function(
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec([None, 28, 28], tf.float32)],
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers())
+    log.info(
+        "onnxruntime %s runs %s on %s (%d intra-op threads)",
+        onnxruntime.__version__,
+        path.name,
+        ", ".join(session.get_providers()),
+        threads,
     )
+    return session
+
+
+def runtime_info(session: Any, path: Path) -> dict[str, Any]:
+    """What /metadata says about how the model runs."""
+    import onnxruntime
+
+    return {
+        "name": "onnxruntime",
+        "version": onnxruntime.__version__,
+        "providers": list(session.get_providers()),
+        "file": path.name,
+        "precision": "int8" if path.name == INT8_FILE else "fp32",
+        "sha256": file_sha256(path),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def threads_per_worker(configured: int, workers: int) -> int:
-    """TF_THREADS when set (non-zero), else the cores divided among the workers."""
+    """MODEL_THREADS when set (non-zero), else the cores divided among the workers."""
     return configured or max(1, (os.cpu_count() or 1) // workers)

@@ -131,12 +131,13 @@ class ServedModelFile:
     def load(cls, tag: str) -> ServedModelFile:
         import bentoml
 
-        from serving.model import ServedModel
+        from serving.model import ServedModel, served_file
 
         stored = bentoml.models.get(tag)
+        info = dict(stored.info.metadata)
         served = ServedModel.load(
-            Path(stored.path_of("model.keras")),
-            info=dict(stored.info.metadata),
+            Path(stored.path_of(served_file(info))),
+            info=info,
             version=str(stored.tag.version),
             threads=os.cpu_count() or 1,
         )

@@ -24,7 +24,7 @@ from pydantic import AfterValidator
 
 from serving import batching, failfast, preprocess, routes
 from serving.edge import Edge
-from serving.model import ServedModel, threads_per_worker
+from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
 from serving.watch import MONITOR_NAME, PredictWatch, Watch, keep_predict_inputs
@@ -66,11 +66,12 @@ class Classifier:
     def __init__(self) -> None:
         try:
             self.settings = Settings.from_env()
+            info = dict(self.model_ref.info.metadata)
             self.model = ServedModel.load(
-                Path(self.model_ref.path_of("model.keras")),
-                info=dict(self.model_ref.info.metadata),
+                Path(self.model_ref.path_of(served_file(info))),
+                info=info,
                 version=str(self.model_ref.tag.version),
-                threads=threads_per_worker(self.settings.tf_threads, DECLARED.workers),
+                threads=threads_per_worker(self.settings.model_threads, DECLARED.workers),
             )
         except Exception as error:
             failfast.stop_server(f"model {DECLARED.model_tag}: {type(error).__name__}: {error}")

@@ -17,7 +17,7 @@ MIB = 1024 * 1024
 # Where BentoML writes bento.yaml when this code runs from a built bento: <bento>/src/serving/.
 BENTO_ROOT = Path(__file__).resolve().parents[2]
 # Settings for which 0 means "no limit" or "choose for me".
-ZERO_ALLOWED = ("tf_threads", "monitor_keep_days", "monitor_keep_bytes")
+ZERO_ALLOWED = ("model_threads", "monitor_keep_days", "monitor_keep_bytes")
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class Settings:
     max_images: int = 64
     # Most images in one /predict or OIP infer request.
     max_batch_items: int = 1024
-    # TensorFlow threads per worker; 0 = the cores divided among the workers.
-    tf_threads: int = 0
+    # ONNX Runtime intra-op threads per worker; 0 = the cores divided among the workers.
+    model_threads: int = 0
     # Seconds a client is told to wait (Retry-After) when the service sheds load.
     retry_after_s: int = 1
     # Fraction of predictions whose 28x28 model input the watch also records (0 = none, 1 = all).

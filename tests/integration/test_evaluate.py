@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import calibration, contracts, evaluate, registry, tracking, train
+from pipeline import calibration, contracts, evaluate, onnx_export, registry, tracking, train
 from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
@@ -197,6 +197,7 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     np.testing.assert_allclose(served, expected, atol=1e-4)
     np.testing.assert_array_equal(served.argmax(axis=1), local.argmax(axis=1))
     assert champion.metrics["temperature"] == pytest.approx(best.temperature, abs=1e-6)
+    assert_registered_onnx(client, client.get_model_version(name, "1"), prepared, served)
 
     # Evaluating the same models again registers nothing new.
     evaluate.main(evaluate_argv)
@@ -205,6 +206,34 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     assert again.version == 1
     assert again.candidate.reason == "already the champion"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def assert_registered_onnx(client, version, prepared: Path, keras_test: np.ndarray) -> None:
+    """The version's logged model holds both ONNX files, as its sha256 tags say; the float32 one
+    answers as the registered Keras model, and the served one scores what its tag says."""
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(version.name, version.version),
+            tracking_uri=client.tracking_uri,
+        )
+    )
+    files = {path.name: path for path in local.rglob("*.onnx")}
+    assert set(files) == {onnx_export.FP32_FILE, onnx_export.INT8_FILE}
+    tags = version.tags
+    assert onnx_export.sha256(files["model.onnx"]) == tags["onnx_fp32_sha256"]
+    assert onnx_export.sha256(files["model.int8.onnx"]) == tags["onnx_int8_sha256"]
+    assert onnx_export.sha256(files[tags["onnx_file"]]) == tags["onnx_sha256"]
+    assert (
+        tags["onnx_served"] in ("fp32", "int8")
+        and "validation accuracy" in tags["onnx_int8_decision"]
+    )
+    with np.load(prepared / "test.npz") as data:
+        x_test, labels = data["x"], data["labels"]
+    fp32 = onnx_export.onnx_probabilities(files["model.onnx"], x_test)
+    np.testing.assert_allclose(fp32, keras_test, atol=onnx_export.TOLERANCE)
+    served = onnx_export.onnx_probabilities(files[tags["onnx_file"]], x_test)
+    accuracy = float((served.argmax(axis=1) == labels).mean())
+    assert float(tags["onnx_served_test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
 
 
 def trained_mlp(root: Path, prepared: Path) -> dict:

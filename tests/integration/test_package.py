@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pipeline import onnx_export
 from pipeline.registry import VersionTags
 from serving import package
 from tests.support import bento, shapes
@@ -104,13 +105,17 @@ def store(tmp_path: Path) -> Iterator[Path]:
         yield home
 
 
-def assert_same_model(stored_path: str, model: Any) -> None:
-    import keras
+def assert_same_model(stored: Any, model: Any) -> None:
+    """The BentoML model serves an ONNX file that answers as the Keras `model`."""
+    from serving.model import served_file
 
-    loaded = keras.saving.load_model(stored_path, compile=False)
+    path = Path(stored.path_of(served_file(stored.info.metadata)))
+    assert onnx_export.sha256(path) == stored.info.metadata["onnx"]["sha256"]
     images = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(
-        np.asarray(loaded(images)), np.asarray(model(images)), rtol=1e-6, atol=1e-7
+        onnx_export.onnx_probabilities(path, images),
+        np.asarray(model(images)),
+        atol=onnx_export.TOLERANCE,
     )
 
 
@@ -123,7 +128,7 @@ def test_package_imports_the_champion_with_its_provenance(
     assert tag == f"{NAME}:v1"
     stored = bentoml.models.get(tag)
     assert Path(stored.path).is_relative_to(store)
-    assert_same_model(stored.path_of("model.keras"), champion_v1.models["1"])
+    assert_same_model(stored, champion_v1.models["1"])
     metadata = stored.info.metadata
     assert metadata["registered_model"] == NAME
     assert metadata["version"] == "1"
@@ -137,6 +142,9 @@ def test_package_imports_the_champion_with_its_provenance(
     assert metadata["tracking_uri"] == champion_v1.uri
     assert metadata["git_commit"] == "1" * 40 and metadata["data_sha256"] == "0" * 64
     assert stored.info.labels == {"alias": "champion", "dataset": "mnist", "variant": "mlp"}
+    # v1 was registered with its Keras model only: packaging exported it and says so.
+    assert metadata["onnx"]["exported_by"] == "serving.package"
+    assert metadata["onnx"]["files"] == ["model.onnx"]
 
 
 def test_package_again_reuses_the_stored_model(champion_v1: Registry, store: Path) -> None:
@@ -159,7 +167,7 @@ def test_package_follows_the_champion_to_a_new_version(registry: Registry, store
     tag = package.package(registered_model=NAME, tracking_uri=registry.uri)
     assert tag == f"{NAME}:v2"
     stored = bentoml.models.get(tag)
-    assert_same_model(stored.path_of("model.keras"), registry.models["2"])
+    assert_same_model(stored, registry.models["2"])
     assert stored.info.metadata["version"] == "2"
     assert stored.info.metadata["run_id"] == registry.run_ids["2"]
     assert stored.info.metadata["metrics"] == METRICS["2"]
@@ -207,10 +215,73 @@ def test_package_replaces_a_stored_model_from_another_run(
 
     # Another registry's v1 was packaged into this store earlier under the same tag.
     with bentoml.models.create(
-        f"{NAME}:v1", metadata={"run_id": "someone-elses-run", "class_names": ["x"]}
+        f"{NAME}:v1", metadata={"run_id": "someone-elses-run", "class_names": ["x"], "onnx": {}}
     ) as stranger:
-        Path(stranger.path_of("model.keras")).write_bytes(b"not this registry's model")
+        Path(stranger.path_of("model.onnx")).write_bytes(b"not this registry's model")
     tag = package.package(registered_model=NAME, tracking_uri=champion_v1.uri)
     stored = bentoml.models.get(tag)
     assert stored.info.metadata["run_id"] == champion_v1.run_ids["1"]
-    assert_same_model(stored.path_of("model.keras"), champion_v1.models["1"])
+    assert_same_model(stored, champion_v1.models["1"])
+
+
+def test_package_replaces_a_model_it_stored_before_the_service_ran_onnx(
+    champion_v1: Registry, store: Path
+) -> None:
+    import bentoml
+
+    run_id = champion_v1.run_ids["1"]
+    with bentoml.models.create(f"{NAME}:v1", metadata={"run_id": run_id}) as old:
+        champion_v1.models["1"].save(old.path_of("model.keras"))
+    tag = package.package(registered_model=NAME, tracking_uri=champion_v1.uri)
+    assert_same_model(bentoml.models.get(tag), champion_v1.models["1"])
+
+
+def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha256(
+    registry: Registry, store: Path, tmp_path: Path
+) -> None:
+    """A version as evaluate registers it: both files under the logged model's onnx/, the
+    served one and every sha256 in its tags. A file whose sha256 is not its tag's is refused."""
+    import bentoml
+
+    model = registry.models["2"]
+    folder = tmp_path / "onnx"
+    onnx_export.export(model, folder / onnx_export.FP32_FILE)
+    images = np.random.default_rng(1).random((40, 28, 28), dtype=np.float32)
+    onnx_export.quantize(folder / "model.onnx", folder / "model.int8.onnx", images)
+    tags = {
+        "onnx_file": onnx_export.INT8_FILE,
+        "onnx_served": "int8",
+        "onnx_fp32_sha256": onnx_export.sha256(folder / "model.onnx"),
+        "onnx_int8_sha256": onnx_export.sha256(folder / "model.int8.onnx"),
+        "onnx_int8_decision": "int8 keeps the answers: ...",
+        "onnx_served_test_accuracy": "0.930000",
+    }
+    source = registry.client.get_model_version(NAME, "2").source
+    model_id = source.removeprefix("models:/")
+    registry.client.log_model_artifacts(model_id, str(folder), "onnx")
+    try:
+        for key, value in tags.items():
+            registry.client.set_model_version_tag(NAME, "2", key, value)
+        registry.crown("2")
+        tag = package.package(registered_model=NAME, tracking_uri=registry.uri)
+        stored = bentoml.models.get(tag)
+        onnx = stored.info.metadata["onnx"]
+        assert onnx["files"] == ["model.int8.onnx", "model.onnx"]
+        assert (onnx["served_file"], onnx["precision"]) == ("model.int8.onnx", "int8")
+        assert onnx["sha256"] == tags["onnx_int8_sha256"] and "exported_by" not in onnx
+        assert onnx["served_test_accuracy"] == 0.93
+        for name in onnx["files"]:
+            assert (
+                onnx_export.sha256(Path(stored.path_of(name)))
+                == tags["onnx_int8_sha256" if "int8" in name else "onnx_fp32_sha256"]
+            )
+        bentoml.models.delete(tag)
+        registry.client.set_model_version_tag(NAME, "2", "onnx_fp32_sha256", "0" * 64)
+        with pytest.raises(package.PackageError, match=r"model\.onnx in the registry has sha256"):
+            package.package(registered_model=NAME, tracking_uri=registry.uri)
+        assert bentoml.models.list() == []
+    finally:
+        # The files stay: without these tags they are served as the float32 export of the same
+        # model, which is what the other tests check.
+        for key in tags:
+            registry.client.delete_model_version_tag(NAME, "2", key)

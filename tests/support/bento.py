@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +33,8 @@ def bentoml_home(home: Path) -> Iterator[Path]:
 
 
 def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str = "1") -> str:
-    """Save a Keras model into the current BentoML store the way `serving.package` lays it out."""
-    import bentoml
-
+    """Save a Keras model into the current BentoML store the way `serving.package` lays it out:
+    its ONNX export as the served file."""
     name = tag.split(":")[0]
     metadata = {
         "registered_model": name,
@@ -42,16 +42,29 @@ def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str =
         "class_names": list(class_names),
         "content_size": preprocess.MNIST_CONTENT_SIZE,
     }
-    with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
-        model.save(stored.path_of("model.keras"))
-    return tag
+    return store_keras_model(model, tag, metadata=metadata)
 
 
 def store_keras_model(model, tag: str, *, metadata: dict) -> str:
-    """Save a Keras model into the current BentoML store as `tag` with exactly `metadata` (which
-    `serving.model.ServedModel` reads: registered_model, version, class_names, content_size...)."""
+    """Save a Keras model's ONNX export into the current BentoML store as `tag` with `metadata`
+    (which `serving.model.ServedModel` reads: registered_model, version, class_names,
+    content_size...) and the file's description, as `serving.package` does."""
+    import tempfile
+
     import bentoml
 
-    with bentoml.models.create(tag, module="serving.service", metadata=metadata) as stored:
-        model.save(stored.path_of("model.keras"))
+    from pipeline import onnx_export
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = onnx_export.export(model, Path(scratch) / onnx_export.FP32_FILE)
+        onnx = {
+            "served_file": path.name,
+            "precision": "fp32",
+            "sha256": onnx_export.sha256(path),
+            "files": [path.name],
+        }
+        with bentoml.models.create(
+            tag, module="serving.service", metadata=metadata | {"onnx": onnx}
+        ) as stored:
+            shutil.copyfile(path, stored.path_of(path.name))
     return tag

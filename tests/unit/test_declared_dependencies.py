@@ -1,8 +1,10 @@
 """Every third-party package the code imports directly is declared in pyproject.toml.
 
 A package that only arrives as someone else's dependency can vanish with that package's next
-release. Runtime code (pipeline/, serving/, bench/) may use `[project] dependencies` and the
-TensorFlow extras; tests may also use the `dev` extra and what it pulls in (`team`).
+release. Two sides: the service (every module `serving.service` imports, directly or in a
+function) may use only `[project] dependencies` and the `serve` extra, so that `.[serve]` serves
+without TensorFlow; the rest of the runtime code (pipeline/, serving.package, serving.monitor,
+bench/) may also use `train` and the TensorFlow extras; tests may also use `dev` and `team`.
 """
 
 from __future__ import annotations
@@ -30,29 +32,56 @@ def declared(*extras: str) -> set[str]:
     allowed = names(PROJECT["dependencies"])
     for extra in extras:
         allowed |= names(PROJECT["optional-dependencies"][extra])
-    return allowed
+    return allowed - {canonicalize_name(PROJECT["name"])}
 
 
-def top_level_imports(folder: str) -> dict[str, str]:
-    """{top-level module: a file importing it} for absolute imports under `folder`."""
+def imports_of(path: Path) -> list[str]:
+    """Every absolute import in the file at `path`, at any depth (function-level ones too)."""
+    modules = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            modules.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.append(node.module)
+            # `from serving import model` imports serving.model.
+            modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def module_file(module: str) -> Path | None:
+    """The file of a module of this repository, or None."""
+    for candidate in (REPO / (module.replace(".", "/") + ".py"), REPO / module / "__init__.py"):
+        if module.split(".")[0] in LOCAL and candidate.is_file():
+            return candidate
+    return None
+
+
+def service_files() -> list[Path]:
+    """The files of every local module `serving.service` imports, itself and transitively."""
+    seen, queue = set(), [REPO / "serving" / "service.py"]
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        queue.extend(f for f in map(module_file, imports_of(path)) if f is not None)
+    return sorted(seen)
+
+
+def top_level_imports(paths: list[Path]) -> dict[str, str]:
+    """{top-level module: a file importing it} for absolute imports in `paths`."""
     found: dict[str, str] = {}
-    for path in sorted((REPO / folder).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules = [node.module]
-            else:
-                continue
-            for module in modules:
-                found.setdefault(module.split(".")[0], str(path.relative_to(REPO)))
+    for path in paths:
+        for module in imports_of(path):
+            found.setdefault(module.split(".")[0], str(path.relative_to(REPO)))
     return found
 
 
-def undeclared(folder: str, allowed: set[str]) -> list[str]:
+def undeclared(folder: str | list[Path], allowed: set[str]) -> list[str]:
+    paths = sorted((REPO / folder).rglob("*.py")) if isinstance(folder, str) else folder
     distributions = metadata.packages_distributions()
     missing = []
-    for module, where in top_level_imports(folder).items():
+    for module, where in top_level_imports(paths).items():
         if module in sys.stdlib_module_names or module in LOCAL or module == "__future__":
             continue
         providers = {canonicalize_name(name) for name in distributions.get(module, [])}
@@ -63,9 +92,60 @@ def undeclared(folder: str, allowed: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("folder", ["pipeline", "serving", "bench"])
 def test_runtime_imports_are_project_dependencies(folder):
-    assert undeclared(folder, declared("cpu", "gpu")) == []
+    assert undeclared(folder, declared("serve", "train", "cpu", "gpu")) == []
+
+
+def test_the_service_imports_only_what_the_serve_extra_installs():
+    files = service_files()
+    assert REPO / "serving" / "model.py" in files and REPO / "serving" / "routes.py" in files
+    assert undeclared(files, declared("serve")) == []
+    # Nor any module of the training side, which would bring TensorFlow in with it.
+    assert not [path for path in files if path.parent.name == "pipeline"], files
+
+
+def requirement_closure(extras: set[str]) -> set[str]:
+    """The names of every distribution `pip install '.[extras]'` installs, by following the
+    installed distributions' own requirements (with their markers and extras)."""
+    import re
+
+    project = canonicalize_name(PROJECT["name"])
+    pending = [Requirement(text) for text in PROJECT["dependencies"]]
+    for extra in extras:
+        pending += [Requirement(text) for text in PROJECT["optional-dependencies"][extra]]
+    found: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        if name == project:
+            for extra in requirement.extras - extras:
+                extras = extras | {extra}
+                pending += [Requirement(t) for t in PROJECT["optional-dependencies"][extra]]
+            continue
+        if name in found:
+            continue
+        found.add(name)
+        try:
+            requires = metadata.requires(re.sub(r"[-_.]+", "_", name)) or []
+        except metadata.PackageNotFoundError:
+            continue  # not installed here, so nothing it requires is either
+        for text in requires:
+            inner = Requirement(text)
+            environments = [{"extra": extra} for extra in requirement.extras] or [{"extra": ""}]
+            if inner.marker is None or any(inner.marker.evaluate(e) for e in environments):
+                pending.append(Requirement(str(inner).split(";")[0]))
+    return found
+
+
+def test_installing_the_service_alone_brings_no_tensorflow_keras_or_mlflow():
+    serve = requirement_closure({"serve"})
+    assert {"bentoml", "onnxruntime", "numpy"} <= serve
+    assert not {name for name in serve if name.startswith(("tensorflow", "keras", "mlflow"))}
+    # The check can see TensorFlow where it is: training brings it.
+    assert {"tensorflow-cpu", "keras", "mlflow", "onnx"} <= requirement_closure({"cpu"})
 
 
 def test_test_imports_are_declared_for_development():
-    allowed = declared("cpu", "gpu", "dev", "team")
+    allowed = declared("serve", "train", "cpu", "gpu", "dev", "team")
     assert undeclared("tests", allowed) == []

@@ -11,8 +11,10 @@ from serving.settings import Declared, Settings
 
 def test_defaults_and_overrides() -> None:
     assert Settings.from_env({}) == Settings()
-    settings = Settings.from_env({"MAX_IMAGES": "3", "MAX_BODY_BYTES": "1024", "TF_THREADS": "0"})
-    assert (settings.max_images, settings.max_body_bytes, settings.tf_threads) == (3, 1024, 0)
+    settings = Settings.from_env(
+        {"MAX_IMAGES": "3", "MAX_BODY_BYTES": "1024", "MODEL_THREADS": "0"}
+    )
+    assert (settings.max_images, settings.max_body_bytes, settings.model_threads) == (3, 1024, 0)
 
 
 @pytest.mark.parametrize(

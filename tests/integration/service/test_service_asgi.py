@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import onnxruntime
 import pytest
 from starlette.testclient import TestClient
 
@@ -120,6 +121,16 @@ def test_metadata_names_the_model(asgi_client: TestClient) -> None:
     assert metadata["version"] == "1"
     assert metadata["registered_model"] == "shapes"
     assert metadata["bento_model"] == "shapes:v1"
+    # How the model runs, and which file: the one the BentoML model holds, by its sha256.
+    runtime = metadata["runtime"]
+    assert (runtime["name"], runtime["file"], runtime["precision"]) == (
+        "onnxruntime",
+        "model.onnx",
+        "fp32",
+    )
+    assert runtime["version"] == onnxruntime.__version__
+    assert runtime["providers"][-1] == "CPUExecutionProvider"
+    assert runtime["sha256"] == metadata["onnx"]["sha256"]
 
 
 def test_the_in_process_service_leaves_the_test_limits_out_of_the_environment(

@@ -7,6 +7,7 @@ import http.server
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -37,6 +38,65 @@ def test_batched_requests_each_get_their_own_answers(served, shape_store) -> Non
         replies = list(pool.map(predict, counts))
     for count, answers in zip(counts, replies, strict=True):
         assert [answer["label"] for answer in answers] == shape_store.labels[:count].tolist()
+
+
+# Shared objects only TensorFlow loads (the CPU and the CUDA wheels alike).
+TENSORFLOW_OBJECTS = ("libtensorflow", "_pywrap_tensorflow")
+
+
+def mapped_objects(pid: int) -> set[str]:
+    """The files mapped into process `pid`'s memory."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {line.split()[-1] for line in lines if len(line.split()) >= 6}
+
+
+def test_the_workers_run_onnxruntime_and_never_load_tensorflow(served) -> None:
+    """Each process of a real `bentoml serve` (after it answered) maps onnxruntime's library
+    and no TensorFlow shared object."""
+    reply = httpx.post(
+        f"{served.url}/predict_image", files={"image": image_file(drawing_bytes(1))}, timeout=30
+    )
+    assert reply.status_code == 200, reply.text
+    # /readyz answers once one worker is up: wait (a while) for both to have opened the model.
+    deadline = time.monotonic() + 60
+    while True:
+        maps = {pid: mapped_objects(pid) for pid in [served.pid, *served.workers()]}
+        loaded = [pid for pid, objects in maps.items() if any("onnxruntime" in p for p in objects)]
+        if len(loaded) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(loaded) >= 2, f"fewer than two processes map onnxruntime: {sorted(maps)}"
+    for pid, objects in maps.items():
+        tensorflow = [path for path in objects if any(n in path for n in TENSORFLOW_OBJECTS)]
+        assert tensorflow == [], f"process {pid} maps {tensorflow[:3]}"
+
+
+def test_loading_the_service_and_its_model_imports_no_tensorflow_or_keras(shape_store) -> None:
+    """What a worker runs (the service module, the model opened and asked once) imports neither
+    tensorflow nor keras."""
+    script = (
+        "import sys\n"
+        "from serving import service\n"
+        "from serving.model import ServedModel, served_file\n"
+        "import bentoml, numpy\n"
+        f"stored = bentoml.models.get({shape_store.tag!r})\n"
+        "info = dict(stored.info.metadata)\n"
+        "model = ServedModel.load(__import__('pathlib').Path(stored.path_of(served_file(info))),"
+        " info=info, version='1', threads=1)\n"
+        "model.classify(numpy.zeros((2, 28, 28), numpy.float32))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    environment = os.environ | shape_store.environment() | {"PYTHONPATH": str(servers.REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=servers.REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
