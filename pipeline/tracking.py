@@ -26,6 +26,8 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots")
 # MLflow keeps at most this many characters of a dataset digest.
 DIGEST_LENGTH = 36
+# The tag of a run trained with mirroring on data whose classes change meaning mirrored.
+MIRRORING_WARNING_TAG = "mirroring_warning"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -316,6 +318,13 @@ def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params(dict(params))
+
+
+def set_run_tags(tags: Mapping[str, str]) -> None:
+    """Tags of the active run."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
 
 
 def log_epoch(epoch: int, logs: Mapping[str, float], keys: Sequence[str]) -> None:
