@@ -20,7 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import calibration, config, contracts, datasets, devices, io, registry, tracking
+from pipeline import (
+    calibration,
+    config,
+    contracts,
+    datasets,
+    devices,
+    io,
+    registry,
+    stops,
+    tracking,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -193,7 +203,9 @@ def evaluate_variant(
     (`pipeline.calibration`); the classification report is on test."""
     scorer = calibration.log_scores_model(model)
     log_scores = {
-        split: np.asarray(scorer.predict(x, batch_size=1024, verbose=0))
+        split: np.asarray(
+            scorer.predict(x, batch_size=1024, verbose=0, callbacks=[stops.when_asked()])
+        )
         for split, (x, _) in (("val", val), ("test", test))
     }
     scores = {
@@ -482,6 +494,7 @@ def record(
         splits={"testing": test},
     )
     for variant, result in evaluation.variants.items():
+        stops.checkpoint()
         tracking.log_datasets(runs[variant].run_id, test_inputs)
         drawn = figures(
             result, test, meta.class_names, title=f"{meta.dataset} {variant}", count=count
@@ -525,12 +538,17 @@ def write_plots(
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_stage(parse_args(argv))
+        # A stop anywhere is honoured at the next safe point (pipeline.stops), never mid-write.
+        with stops.stoppable():
+            run_stage(parse_args(argv))
     except tracking.Stopped as stopped:
-        log.error(
-            "evaluate: %s; the training runs keep their status, nothing was registered or written",
-            stopped,
+        outcome = (
+            "it had begun registering, so it finished first: the registration and every output"
+            " are complete"
+            if stops.committed()
+            else "nothing was registered or written"
         )
+        log.error("evaluate: %s; every training run keeps its status; %s", stopped, outcome)
         raise SystemExit(128 + stopped.signum) from None
 
 
@@ -553,6 +571,8 @@ def run_stage(args: argparse.Namespace) -> None:
     models = {
         v: keras.saving.load_model(args.models / v / "model.keras", compile=False) for v in variants
     }
+    log.info("evaluate: %d variant(s) loaded: %s", len(models), ", ".join(models))
+    stops.checkpoint()
 
     evaluation = evaluate(
         models=models,
@@ -567,11 +587,14 @@ def run_stage(args: argparse.Namespace) -> None:
         evaluation, runs=runs, test=test, meta=meta, count=params.evaluate.misclassified_examples
     )
     best = evaluation.best.metrics
+    stops.checkpoint()
     calibrated_uri = tracking.log_calibrated_model(
         runs[evaluation.chosen].run_id,
         calibration.calibrated_model(models[evaluation.chosen], best.temperature),
         example=val[0][:8],
     )
+    # Registering and writing the outputs is not cut short: a stop from here waits for the end.
+    stops.begin_commit()
     with tracking.registry_lock():
         registration = register_chosen(
             client,

@@ -228,18 +228,28 @@ def stop_deferred() -> Iterator[None]:
     For Keras `fit`: an exception raised from a signal handler while TensorFlow's threads are
     mid-step has crashed the process (glibc: "free(): invalid next size"); a callback that sets
     `model.stop_training` when `stop_requested()` ends the fit cleanly after the current step.
+    Nested in another such block (a whole stage deferring, `pipeline.stops`), it leaves the
+    noted stop to the outer one.
     """
-    _stop.deferring, _stop.signum = True, None
+    outer = _stop.deferring
+    if not outer:
+        _stop.signum = None
+    _stop.deferring = True
     try:
         yield
     finally:
-        _stop.deferring = False
-    if _stop.signum is not None:
+        _stop.deferring = outer
+    if _stop.signum is not None and not outer:
         raise Stopped(_stop.signum)
 
 
 def stop_requested() -> bool:
     return _stop.signum is not None
+
+
+def stop_signal() -> int | None:
+    """The stop signal noted inside `stop_deferred`, if any."""
+    return _stop.signum
 
 
 @contextlib.contextmanager
