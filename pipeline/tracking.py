@@ -55,7 +55,7 @@ def registry_lock() -> Iterator[None]:
     `dvc queue start -j N` runs N `evaluate` stages at once, each in a temporary copy; without
     the lock two of them could both read the old champion and the worse one move the alias last.
     The lock file is in the main workspace's `.dvc/tmp/`, which the copies share (project_root).
-    Machines sharing one tracking server are not covered (README: Team set-up).
+    Machines sharing one tracking server do not share it: `pipeline.promotion` settles those.
     """
     import fcntl
 
