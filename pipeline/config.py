@@ -18,6 +18,10 @@ class ConfigError(ValueError):
     """params.yaml does not describe a valid configuration."""
 
 
+# A switch whose default depends on the data: `auto` is resolved when the params are loaded.
+Auto = Literal["auto"]
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Section `data`: which dataset, and where to take it from."""
@@ -27,6 +31,9 @@ class DataConfig:
     local_dir: str | None = None
     # Class names for data whose dataset is not one we know (KMNIST from a local folder, say).
     class_names: tuple[str, ...] | None = None
+    # Whether the classes keep their meaning mirrored left-right; null = what the dataset says
+    # (datasets.py: Fashion-MNIST yes, MNIST and unknown data no). Decides `auto` mirroring.
+    mirror_symmetric: bool | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in datasets.DATASETS and (
@@ -46,6 +53,14 @@ class DataConfig:
         if self.class_names is not None:
             return self.class_names
         return datasets.get(self.dataset).class_names
+
+    @property
+    def mirror_safe(self) -> bool:
+        """Whether mirroring keeps the classes: `mirror_symmetric` when given, else the
+        dataset's own answer (no for data we do not know)."""
+        if self.mirror_symmetric is not None:
+            return self.mirror_symmetric
+        return datasets.mirror_symmetric(self.dataset)
 
 
 @dataclass(frozen=True)
@@ -95,8 +110,9 @@ class ModelConfig:
     output_activation: Literal["softmax", "sigmoid"] = "softmax"
     # Test-time mirroring: the trained model answers the mean of its output layer's pre-activation
     # scores for the image and for its mirror image; twice the inference cost. For a model
-    # trained on mirrored images too (`fit.augment_flip`).
-    test_time_flip: bool = False
+    # trained on mirrored images too (`fit.augment_flip`). `auto`: on where the data is mirror-safe
+    # (`data.mirror_symmetric`).
+    test_time_flip: bool | Auto = False
 
     def __post_init__(self) -> None:
         if self.architecture == "cnn" and not self.conv_blocks:
@@ -126,8 +142,9 @@ class FitConfig:
     label_smoothing: float = 0.0
     # Random translation of training images by up to this many pixels; 0 = no augmentation.
     augment_shift: int = 0
-    # Mirror each training image left-right with probability 1/2.
-    augment_flip: bool = False
+    # Mirror each training image left-right with probability 1/2. `auto`: on where the data is
+    # mirror-safe (`data.mirror_symmetric`).
+    augment_flip: bool | Auto = False
     seed: int = 42
     # bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs; weights and the softmax stay float32.
     mixed_precision: bool = False
@@ -268,12 +285,59 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
+    def __post_init__(self) -> None:
+        # `auto` mirroring becomes what the data allows, so every stage sees plain booleans.
+        if self.train is not None:
+            object.__setattr__(self, "train", resolve_mirroring(self.train, self.data))
+
     @property
     def registered_model(self) -> str:
         return self.evaluate.registered_model or f"{self.data.dataset.replace('_', '-')}-classifier"
 
+    def mirroring_warnings(self, variant: str) -> list[str]:
+        """Why `variant`'s mirroring is wrong for this data: one line per switch set on for
+        data whose classes change meaning mirrored (`auto` would have left it off)."""
+        if self.train is None or self.data.mirror_safe:
+            return []
+        chosen = self.train.models[variant]
+        switches = {
+            f"train.models.{variant}.fit.augment_flip": chosen.fit.augment_flip,
+            f"train.models.{variant}.model.test_time_flip": chosen.model.test_time_flip,
+        }
+        return [
+            f"{key} is on, but the classes of {self.data.dataset!r} do not keep their meaning"
+            " mirrored (a mirrored 2 is not a 2), so mirrored images can be confused with"
+            f" another class; set it to auto (or false), or set data.mirror_symmetric: true"
+            " if every class is the same mirrored"
+            for key, value in switches.items()
+            if value is True
+        ]
+
+
+def resolve_mirroring(train: TrainConfig, data: DataConfig) -> TrainConfig:
+    """`train` with every `auto` mirroring switch (`fit.augment_flip`, `model.test_time_flip`)
+    set to whether `data` is mirror-safe."""
+    safe = data.mirror_safe
+
+    def resolved(value: bool | str) -> bool:
+        return safe if value == "auto" else bool(value)
+
+    models = {
+        name: dataclasses.replace(
+            variant,
+            model=dataclasses.replace(
+                variant.model, test_time_flip=resolved(variant.model.test_time_flip)
+            ),
+            fit=dataclasses.replace(variant.fit, augment_flip=resolved(variant.fit.augment_flip)),
+        )
+        for name, variant in train.models.items()
+    }
+    return dataclasses.replace(train, models=models)
+
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " or ".join(repr(value) for value in typing.get_args(hint))
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -305,8 +369,17 @@ def build(hint: Any, value: Any, path: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [arg for arg in args if arg is not type(None)]
-        return build(inner, value, path)
+        inner = [arg for arg in args if arg is not type(None)]
+        if len(inner) == 1:
+            return build(inner[0], value, path)
+        # `bool | Literal["auto"]`: the first alternative that takes the value.
+        for alternative in inner:
+            try:
+                return build(alternative, value, path)
+            except ConfigError:
+                continue
+        expected = " or ".join(_type_name(arg) for arg in inner)
+        raise ConfigError(f"{path}: expected {expected}, got {type(value).__name__} {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: {value!r} is not one of {list(args)}")

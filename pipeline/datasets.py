@@ -30,6 +30,10 @@ class Dataset:
     # Side of the box an object is scaled to fit when serving turns an upload into model input:
     # MNIST scaled each digit to 20x20 inside 28x28; Fashion-MNIST products fill the frame.
     content_size: int = 20
+    # Whether every class keeps its meaning when an image is mirrored left-right: a mirrored
+    # shirt is a shirt, a mirrored 2 is not a 2. Mirroring (`fit.augment_flip`,
+    # `model.test_time_flip`) is on by default only where this holds.
+    mirror_symmetric: bool = False
 
 
 DATASETS = {
@@ -66,6 +70,7 @@ DATASETS = {
         },
         system_dir="fashion-mnist",
         content_size=28,
+        mirror_symmetric=True,
     ),
     "mnist": Dataset(
         name="mnist",
@@ -91,6 +96,12 @@ def content_size(name: str) -> int:
     """The box serving scales uploads to for dataset `name` (the MNIST default when unknown)."""
     known = DATASETS.get(name)
     return known.content_size if known else Dataset.content_size
+
+
+def mirror_symmetric(name: str) -> bool:
+    """Whether dataset `name`'s classes keep their meaning mirrored; False for unknown ones."""
+    known = DATASETS.get(name)
+    return known.mirror_symmetric if known else False
 
 
 def get(name: str) -> Dataset:

@@ -30,6 +30,7 @@ from pipeline import (
     io,
     onnx_export,
     registry,
+    stopping,
     tracking,
 )
 from pipeline.figures import confusion_figure, misclassified_figure, reliability_figure
@@ -151,7 +152,9 @@ def evaluate_variant(
     (`pipeline.calibration`); the classification report is on test."""
     scorer = calibration.log_scores_model(model)
     log_scores = {
-        split: np.asarray(scorer.predict(x, batch_size=1024, verbose=0))
+        split: np.asarray(
+            scorer.predict(x, batch_size=1024, verbose=0, callbacks=[stopping.when_asked()])
+        )
         for split, (x, _) in (("val", val), ("test", test))
     }
     scores = {
@@ -449,6 +452,7 @@ def record(
         splits={"testing": test},
     )
     for variant, result in evaluation.variants.items():
+        stopping.checkpoint()
         tracking.log_datasets(runs[variant].run_id, test_inputs)
         drawn = figures(
             result, test, meta.class_names, title=f"{meta.dataset} {variant}", count=count
@@ -492,12 +496,17 @@ def write_plots(
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        run_stage(parse_args(argv))
+        # A stop anywhere is honoured at the next safe point (pipeline.stopping), never mid-write.
+        with stopping.stoppable():
+            run_stage(parse_args(argv))
     except tracking.Stopped as stopped:
-        log.error(
-            "evaluate: %s; the training runs keep their status, nothing was registered or written",
-            stopped,
+        outcome = (
+            "it had begun registering, so it finished first: the registration and every output"
+            " are complete"
+            if stopping.committed()
+            else "nothing was registered or written"
         )
+        log.error("evaluate: %s; every training run keeps its status; %s", stopped, outcome)
         raise SystemExit(128 + stopped.signum) from None
 
 
@@ -520,6 +529,8 @@ def run_stage(args: argparse.Namespace) -> None:
     models = {
         v: keras.saving.load_model(args.models / v / "model.keras", compile=False) for v in variants
     }
+    log.info("evaluate: %d variant(s) loaded: %s", len(models), ", ".join(models))
+    stopping.checkpoint()
 
     evaluation = evaluate(
         models=models,
@@ -535,6 +546,7 @@ def run_stage(args: argparse.Namespace) -> None:
     )
     best = evaluation.best.metrics
     served = calibration.calibrated_model(models[evaluation.chosen], best.temperature)
+    stopping.checkpoint()
     with tempfile.TemporaryDirectory() as scratch:
         # The ONNX files are checked before anything is logged or registered.
         onnx_files = onnx_export.build_files(
@@ -545,9 +557,12 @@ def run_stage(args: argparse.Namespace) -> None:
             train_images=load_split(args.data / "train.npz")[0],
             rule=params.evaluate.int8,
         )
+        stopping.checkpoint()
         calibrated_uri = tracking.log_calibrated_model(
             runs[evaluation.chosen].run_id, served, example=val[0][:8], onnx_folder=Path(scratch)
         )
+    # Registering and writing the outputs is not cut short: a stop from here waits for the end.
+    stopping.begin_commit()
     with tracking.registry_lock():
         registration = register_chosen(
             client,

@@ -23,6 +23,8 @@ METRIC_TAGS = tuple(item.name for item in fields(contracts.VariantMetrics))
 TEMPERATURE = "temperature"
 # The tags about a version's ONNX files start with this.
 ONNX_PREFIX = "onnx_"
+# The tag of a version the gate promoted: a contender for champion (`pipeline.promotion`).
+GATE, PASSED = "gate", "passed"
 
 
 class NoSuchVersion(LookupError):
@@ -150,9 +152,14 @@ def add_version(
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(
-            name, description="MNIST-style image classifier; see the version tags for details."
-        )
+        try:
+            client.create_registered_model(
+                name, description="MNIST-style image classifier; see the version tags for details."
+            )
+        except MlflowException as error:
+            # Another evaluation (another machine) created it in between: use theirs.
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     new_tags = tags.as_tags()
     version = version_for_run(client, name, run_id, temperature=new_tags.get(TEMPERATURE))
     if version is not None:
@@ -220,6 +227,7 @@ def promote(
     if not promoted:
         client.set_registered_model_alias(name, CHALLENGER, version)
         return Registration(name, version, False, reason, str(current.version))
+    client.set_model_version_tag(name, version, GATE, PASSED)
     client.set_registered_model_alias(name, CHAMPION, version)
     waiting = challenger(client, name)
     if waiting is not None and str(waiting.version) == version:
@@ -239,15 +247,19 @@ def register(
     champion_test_accuracy: float | None,
     min_improvement: float,
 ) -> Registration:
-    """Register (or reuse) the version for `run_id` and apply the promotion gate.
+    """Register (or reuse) the version for `run_id`, apply the promotion gate, then settle the
+    champion among the versions that evaluations elsewhere promoted meanwhile
+    (`pipeline.promotion`).
 
     `champion_test_accuracy` is the current champion's accuracy on the same test set, or None
     when there is no champion yet or it cannot be scored on this test set.
     """
+    from pipeline import promotion
+
     version = add_version(
         client, name=name, run_id=run_id, model_uri=model_uri, tags=tags, description=description
     )
-    return promote(
+    registration = promote(
         client,
         name=name,
         version=version,
@@ -255,3 +267,4 @@ def register(
         champion_test_accuracy=champion_test_accuracy,
         min_improvement=min_improvement,
     )
+    return promotion.settle(client, registration, data_sha256=tags.data_sha256)

@@ -21,6 +21,7 @@ from pipeline.stopping import Stopped as Stopped
 from pipeline.stopping import stop_deferred as stop_deferred
 from pipeline.stopping import stop_on_signals
 from pipeline.stopping import stop_requested as stop_requested
+from pipeline.stopping import stop_signal as stop_signal
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -31,6 +32,8 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots")
 # MLflow keeps at most this many characters of a dataset digest.
 DIGEST_LENGTH = 36
+# The tag of a run trained with mirroring on data whose classes change meaning mirrored.
+MIRRORING_WARNING_TAG = "mirroring_warning"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -58,7 +61,7 @@ def registry_lock() -> Iterator[None]:
     `dvc queue start -j N` runs N `evaluate` stages at once, each in a temporary copy; without
     the lock two of them could both read the old champion and the worse one move the alias last.
     The lock file is in the main workspace's `.dvc/tmp/`, which the copies share (project_root).
-    Machines sharing one tracking server are not covered (docs/team.md).
+    Machines sharing one tracking server do not share it: `pipeline.promotion` settles those.
     """
     import fcntl
 
@@ -260,6 +263,13 @@ def log_params(params: Mapping[str, Any]) -> None:
     import mlflow
 
     mlflow.log_params(dict(params))
+
+
+def set_run_tags(tags: Mapping[str, str]) -> None:
+    """Tags of the active run."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
 
 
 def log_epoch(epoch: int, logs: Mapping[str, float], keys: Sequence[str]) -> None:

@@ -385,7 +385,11 @@ def run_stage(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     devices.import_tensorflow()
-    variant_config = variant_config_of(config.load(args.params), args.variant)
+    params = config.load(args.params)
+    variant_config = variant_config_of(params, args.variant)
+    mirroring_warnings = params.mirroring_warnings(args.variant)
+    for warning in mirroring_warnings:
+        log.warning("WARNING: %s", warning)
     meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
     x_train, y_train, _ = load_split(args.data / "train.npz")
     x_val, y_val, _ = load_split(args.data / "val.npz")
@@ -399,6 +403,8 @@ def run_stage(args: argparse.Namespace) -> None:
     ) as run:
         sizes = {"train_size": len(x_train), "val_size": len(x_val)}
         tracking.log_params(run_params(args.variant, variant_config, meta, **sizes))
+        if mirroring_warnings:
+            tracking.set_run_tags({tracking.MIRRORING_WARNING_TAG: " | ".join(mirroring_warnings)})
         tracking.log_datasets(
             run.run_id,
             tracking.dataset_inputs(
