@@ -24,7 +24,17 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import calibration, contracts, evaluate, onnx_export, registry, tracking, train
+from pipeline import (
+    calibration,
+    contracts,
+    evaluate,
+    handoff,
+    onnx_export,
+    registry,
+    scoring,
+    tracking,
+    train,
+)
 from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
@@ -37,13 +47,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def test_champion_accuracy_is_measured_on_the_given_test_set(model_registry: Registry):
     images, labels = synthetic.make_split(20, seed=5)
     x_test = images.astype(np.float32) / 255
-    assert evaluate.champion_accuracy_on(model_registry.client, NAME, x_test, labels) is None
+    assert handoff.champion_accuracy_on(model_registry.client, NAME, x_test, labels) is None
     model_registry.register(model_registry.new_run(), accuracy=0.8, champion_accuracy=None)
-    expected = evaluate.score(np.asarray(model_registry.model(x_test)), labels).accuracy
-    accuracy = evaluate.champion_accuracy_on(model_registry.client, NAME, x_test, labels)
+    expected = scoring.score(np.asarray(model_registry.model(x_test)), labels).accuracy
+    accuracy = handoff.champion_accuracy_on(model_registry.client, NAME, x_test, labels)
     assert accuracy == pytest.approx(expected)
     # Labels the champion has no output for: it is not comparable, so no accuracy.
-    assert evaluate.champion_accuracy_on(model_registry.client, NAME, x_test, labels + 10) is None
+    assert handoff.champion_accuracy_on(model_registry.client, NAME, x_test, labels + 10) is None
 
 
 def declared_paths(stage: dict) -> list[str]:
@@ -125,7 +135,7 @@ def assert_registered_with_tags(
     assert tags.git_commit == commit
     assert tags.run_id == run.run_id
     assert tags.class_names == synthetic.CLASS_NAMES
-    assert tags.input_contract == evaluate.INPUT_CONTRACT
+    assert tags.input_contract == handoff.INPUT_CONTRACT
     assert tags.selected_by == "val_accuracy"
     assert tags.metrics == pytest.approx(dataclasses.asdict(metrics), abs=1e-6)
     assert f"Variant `{chosen}`" in version.description
@@ -149,7 +159,7 @@ def test_evaluate_stage_registers_the_best_variant_and_writes_its_reports(
     assert set(results.variants) == set(variants)
     assert_results_went_to_the_training_runs(client, root, results, runs)
 
-    chosen = evaluate.select_best(results.variants, select_by="val_accuracy")
+    chosen = scoring.select_best(results.variants, select_by="val_accuracy")
     best = results.variants[chosen]
     assert results.chosen == contracts.Chosen(
         variant=chosen, version=1, promoted=True, **dataclasses.asdict(best)
@@ -268,13 +278,13 @@ def test_champion_this_stage_already_scored_is_not_scored_again(model_registry: 
     run_id = run[0]
     # The figure this stage measured for the champion's own run is used as it is.
     scored = {run_id: 0.125, "some-other-run": 0.5}
-    assert evaluate.champion_accuracy_on(
+    assert handoff.champion_accuracy_on(
         model_registry.client, NAME, x_test, labels, scored=scored
     ) == (0.125)
     # A champion from a run this stage did not score is loaded and measured.
-    expected = evaluate.score(np.asarray(model_registry.model(x_test)), labels).accuracy
+    expected = scoring.score(np.asarray(model_registry.model(x_test)), labels).accuracy
     other = {"some-other-run": 0.5}
-    assert evaluate.champion_accuracy_on(
+    assert handoff.champion_accuracy_on(
         model_registry.client, NAME, x_test, labels, scored=other
     ) == pytest.approx(expected)
 

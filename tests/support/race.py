@@ -2,7 +2,7 @@
 
 Each worker logs tiny models whose test accuracy is exactly what it is told (a dense layer
 that answers each one-pixel test image with a chosen class), then, round by round, registers
-one and puts it through the gate the way `evaluate` does (`evaluate.register_chosen` under
+one and puts it through the gate the way `evaluate` does (`handoff.register_chosen` under
 `tracking.registry_lock`, which locks its own workspace only, as on another machine).
 """
 
@@ -58,7 +58,7 @@ def model_with_accuracy(correct: int):
 
 def evaluation(accuracy: float):
     """What `evaluate` would have measured for a model of this test accuracy."""
-    from pipeline import evaluate
+    from pipeline import scoring
 
     metrics = contracts.VariantMetrics(
         test_accuracy=accuracy,
@@ -72,10 +72,10 @@ def evaluation(accuracy: float):
         test_loss_calibrated=1.0,
     )
     empty = np.zeros(0)
-    result = evaluate.VariantEvaluation(
-        metrics, evaluate.Scores(accuracy, 1.0, empty, empty), {}, "", np.zeros((10, 10))
+    result = scoring.VariantEvaluation(
+        metrics, scoring.Scores(accuracy, 1.0, empty, empty), {}, "", np.zeros((10, 10))
     )
-    return evaluate.Evaluation(variants={"tiny": result}, chosen="tiny")
+    return scoring.Evaluation(variants={"tiny": result}, chosen="tiny")
 
 
 def log_models(label: str, corrects: list[int]) -> list[contracts.TrainedRun]:
@@ -108,10 +108,10 @@ def log_models(label: str, corrects: list[int]) -> list[contracts.TrainedRun]:
 
 def register_and_promote(client, run: contracts.TrainedRun, correct: int, name: str):
     """The stage's registration of one model, as `evaluate.run_stage` does it."""
-    from pipeline import config, evaluate, tracking
+    from pipeline import config, handoff, tracking
 
     with tracking.registry_lock():
-        return evaluate.register_chosen(
+        return handoff.register_chosen(
             client,
             evaluation(correct / IMAGES),
             runs={"tiny": run},

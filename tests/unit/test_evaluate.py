@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import contracts, evaluate
+from pipeline import contracts, scoring
 
 
 def val(accuracy: float, loss: float, *, test_accuracy=0.5, test_loss=1.0):
@@ -39,7 +39,7 @@ def val(accuracy: float, loss: float, *, test_accuracy=0.5, test_loss=1.0):
     ],
 )
 def test_select_best_by_validation_metrics(candidates, select_by, expected):
-    assert evaluate.select_best(candidates, select_by=select_by) == expected
+    assert scoring.select_best(candidates, select_by=select_by) == expected
 
 
 @pytest.mark.parametrize("select_by", ["val_accuracy", "val_loss"])
@@ -48,17 +48,17 @@ def test_select_best_ignores_test_metrics(select_by):
         "better_val": val(0.90, 0.30, test_accuracy=0.50, test_loss=2.0),
         "better_test": val(0.85, 0.40, test_accuracy=0.99, test_loss=0.01),
     }
-    assert evaluate.select_best(candidates, select_by=select_by) == "better_val"
+    assert scoring.select_best(candidates, select_by=select_by) == "better_val"
 
 
 def test_select_best_without_candidates_is_an_error():
     with pytest.raises(ValueError, match="no trained variants"):
-        evaluate.select_best({}, select_by="val_accuracy")
+        scoring.select_best({}, select_by="val_accuracy")
 
 
 def test_score_is_accuracy_and_plain_cross_entropy():
     probabilities = np.array([[0.5, 0.5, 0.0], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
-    scores = evaluate.score(probabilities, np.array([0, 1, 1, 0]))
+    scores = scoring.score(probabilities, np.array([0, 1, 1, 0]))
     np.testing.assert_array_equal(scores.predictions, [0, 1, 2, 0])
     assert scores.accuracy == 0.75
     # The third image gives its true class probability 0, clipped to 1e-7.
@@ -101,7 +101,7 @@ def test_evaluate_scores_every_variant_and_chooses_by_validation():
         # Half right on validation, right on all of test.
         "test_star": answering({0: 0, 1: 1, 2: 0, 3: 1, 4: 1, 5: 2}),
     }
-    result = evaluate.evaluate(
+    result = scoring.evaluate(
         models=models,
         val=val_split,
         test=test_split,
@@ -129,10 +129,10 @@ def test_evaluate_scores_every_variant_and_chooses_by_validation():
 
 
 def test_check_against_training_warns_about_a_model_train_did_not_validate():
-    result = evaluate.Evaluation(
+    result = scoring.Evaluation(
         variants={
-            "same": evaluate.VariantEvaluation(val(0.75, 0.3), None, {}, "", np.zeros(0)),
-            "swapped": evaluate.VariantEvaluation(val(0.5, 0.3), None, {}, "", np.zeros(0)),
+            "same": scoring.VariantEvaluation(val(0.75, 0.3), None, {}, "", np.zeros(0)),
+            "swapped": scoring.VariantEvaluation(val(0.5, 0.3), None, {}, "", np.zeros(0)),
         },
         chosen="same",
     )
@@ -143,6 +143,6 @@ def test_check_against_training_warns_about_a_model_train_did_not_validate():
         train_seconds=1.0,
         best_val_accuracy=0.75,
     )
-    warnings = evaluate.check_against_training(result, {"same": trained, "swapped": trained})
+    warnings = scoring.check_against_training(result, {"same": trained, "swapped": trained})
     assert len(warnings) == 1
     assert warnings[0].startswith("swapped: validation accuracy 0.500000 here")
