@@ -62,6 +62,9 @@ def cluster(sweep: SweepConfig, address: str | None) -> Iterator[dict[str, Any]]
     options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is None:
         options["_node_ip_address"] = sweep.local_node_ip
+    else:
+        # This package travels with the job, so the other machines need only its dependencies.
+        options["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent)]}
     ray.init(address=address or "local", **options)
     try:
         yield {"nodes": len([n for n in ray.nodes() if n["Alive"]])} | {

@@ -75,10 +75,13 @@ def override_text(value: Any) -> str:
 
 
 def dvc_command(variant: str, overrides: Mapping[str, Any]) -> list[str]:
-    """The command that makes `overrides` of `variant` an ordinary DVC experiment."""
+    """The command that makes `overrides` of `variant` an ordinary DVC experiment.
+
+    `++key=value` (Hydra's force-add): a plain `key=value` fails when params.yaml does not
+    spell the key out (the variant takes the field's default), `+key` when it does."""
     command = ["dvc", "exp", "run"]
     for key, value in sorted(overrides.items()):
-        command += ["-S", f"train.models.{variant}.{key}={override_text(value)}"]
+        command += ["-S", f"++train.models.{variant}.{key}={override_text(value)}"]
     return command
 
 
