@@ -95,7 +95,7 @@ def ray_env(root: Path) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_health_check_period_ms": "1000",
         "RAY_health_check_timeout_ms": "1000",
-        "RAY_health_check_failure_threshold": "3",
+        "RAY_health_check_failure_threshold": "5",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "HOME": str(root),
     }
