@@ -1,7 +1,7 @@
 """The same sweep on a 1-node and a 2-node Ray cluster (1 CPU each): trials per minute, and Ray's
 overhead per trial (the trial's wall time, as Tune saw it, against its fit time).
 
-    python bench/sweep_scaling.py                       # 4 trials of the mlp, 6,000 images
+    python bench/sweep_scaling.py                       # 4 trials of an mlp, 20,000 images, 3 epochs
     python bench/sweep_scaling.py --trials 6 --train-size 20000 --epochs 3
 
 Goals: 2 nodes give >= 1.7x the trials per minute of 1 node; Ray's overhead <= 10% of a trial.
@@ -40,8 +40,8 @@ VARIANT = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--train-size", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-size", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
     return parser.parse_args()
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -137,17 +138,11 @@ def parent_run(client, *, experiment_id: str, variant: str, sweep: SweepConfig, 
         run_name=f"sweep-{variant}",
         tags=tracking.run_tags(f"sweep@{variant}") | {"sweep.kind": "sweep"},
     )
-    settings = tracking.flatten({"sweep": sweep_dict(sweep)}) | {"variant": variant}
+    settings = tracking.flatten({"sweep": dataclasses.asdict(sweep)}) | {"variant": variant}
     settings |= {f"cluster.{key}": value for key, value in info.items()}
     params = [Param(key, str(value)[:6000]) for key, value in settings.items()]
     client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
-
-
-def sweep_dict(sweep: SweepConfig) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(sweep)
 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -177,7 +172,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
         parent = parent_run(
             client, experiment_id=experiment_id, variant=args.variant, sweep=sweep, info=info
         )
-        context = sweep_trial.TrialContext(args.variant, variant_config, uri, experiment_id, parent)
+        context = sweep_trial.TrialContext(
+            args.variant, variant_config, uri, experiment_id, parent, sweep.cpus_per_trial
+        )
         # with_parameters puts the arrays in Ray's object store once; every node reads them there.
         trainable = tune.with_parameters(sweep_trial.run_trial, data=data, context=context)
         try:

@@ -32,6 +32,9 @@ class TrialContext:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    # TensorFlow's thread pools are sized to the trial's CPUs: trials sharing a machine would
+    # otherwise each start one thread per core and slow each other down.
+    cpus: float = 1.0
 
 
 def trial_params(context: TrialContext, overrides: dict[str, Any]) -> dict[str, str]:
@@ -75,6 +78,11 @@ def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context
     from pipeline import devices, sweep_space, train
 
     devices.import_tensorflow()
+    import tensorflow as tf
+
+    threads = max(1, int(context.cpus))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
     client = mlflow.MlflowClient(context.tracking_uri)
     trial_id = tune.get_context().get_trial_id()
     run_id = start_run(client, context, trial_id, overrides)
