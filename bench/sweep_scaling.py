@@ -1,8 +1,8 @@
 """The same sweep on a 1-node and a 2-node Ray cluster (1 CPU each): trials per minute, and Ray's
 overhead per trial (the trial's wall time, as Tune saw it, against its fit time).
 
-    python bench/sweep_scaling.py                       # 4 trials of an mlp, 20,000 images, 3 epochs
-    python bench/sweep_scaling.py --trials 6 --train-size 20000 --epochs 3
+    python bench/sweep_scaling.py                 # 4 trials of an mlp, 20,000 images, 3 epochs
+    python bench/sweep_scaling.py --train-size 54000 --epochs 20   # trials long enough
 
 Goals: 2 nodes give >= 1.7x the trials per minute of 1 node; Ray's overhead <= 10% of a trial.
 The data is Fashion-MNIST (Debian's `dataset-fashion-mnist`, through the pipeline's own
@@ -173,12 +173,12 @@ def main() -> None:
         )
     speedup = figures[2]["trials_per_minute"] / figures[1]["trials_per_minute"]
     overhead = max(row["overhead"] for row in figures.values())
+    ray_part = max(row["ray_part"] for row in figures.values())
+    verdict = "met" if speedup >= 1.7 else "NOT met"
+    print(f"2 nodes / 1 node: {speedup:.2f}x (goal >= 1.7x): {verdict}")
     print(
-        f"2 nodes / 1 node: {speedup:.2f}x (goal >= 1.7x): {'met' if speedup >= 1.7 else 'NOT met'}"
-    )
-    print(
-        f"overhead per trial: {100 * overhead:.0f}% (goal <= 10%): "
-        f"{'met' if overhead <= 0.10 else 'NOT met'}"
+        f"overhead per trial (wall - fit): {100 * overhead:.0f}% (goal <= 10%):"
+        f" {'met' if overhead <= 0.10 else 'NOT met'}; Ray's own part {100 * ray_part:.0f}%"
     )
 
 

@@ -47,6 +47,7 @@ class Outcome:
     node_id: str = ""
     node_ip: str = ""
     fit_seconds: float | None = None
+    trial_seconds: float | None = None
     history: list[float] = field(default_factory=list)
 
     @property
@@ -120,6 +121,7 @@ def reconcile(client: Any, outcomes: dict[str, Outcome], *, parent_run_id: str, 
         outcome.node_id = tags.get(NODE_ID_TAG, "")
         outcome.node_ip = tags.get(NODE_IP_TAG, outcome.node_ip)
         outcome.fit_seconds = run.data.metrics.get("train_seconds")
+        outcome.trial_seconds = run.data.metrics.get("trial_seconds")
         if outcome.status == COMPLETED and tags.get(FIT_DONE_TAG) != "true":
             outcome.status = STOPPED
         elif outcome.status not in (COMPLETED, FAILED):
@@ -152,6 +154,7 @@ COLUMNS = (
     "node_id",
     "wall_seconds",
     "fit_seconds",
+    "trial_seconds",
     "run_id",
     "overrides",
     "error",
@@ -175,6 +178,7 @@ def table(order: list[Outcome]) -> str:
                 o.node_id,
                 f"{o.wall_seconds:.2f}",
                 "" if o.fit_seconds is None else f"{o.fit_seconds:.2f}",
+                "" if o.trial_seconds is None else f"{o.trial_seconds:.2f}",
                 o.run_id,
                 yaml.safe_dump(o.overrides, default_flow_style=True, width=10**6).strip(),
                 o.error,
