@@ -77,8 +77,9 @@ def cluster(sweep: SweepConfig, address: str | None) -> Iterator[dict[str, Any]]
         ray.shutdown()
 
 
-def tuner(sweep: SweepConfig, trainable, storage: Path, outcomes: dict):
-    """Ray Tune's Tuner for `sweep`: random (or grid) search, ASHA, one process per trial."""
+def tuner(sweep: SweepConfig, trainable, storage: Path, outcomes: dict, *, max_epochs: int):
+    """Ray Tune's Tuner for `sweep`: random (or grid) search, ASHA over epochs up to
+    `max_epochs` (the longest fit a trial may get), one process per trial."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -89,7 +90,8 @@ def tuner(sweep: SweepConfig, trainable, storage: Path, outcomes: dict):
     if sweep.early_stopping.enabled:
         scheduler = ASHAScheduler(
             time_attr="epoch",
-            max_t=10**6,
+            # One past the last epoch: at max_t ASHA ends every trial, before its fit returns.
+            max_t=max_epochs + 1,
             grace_period=sweep.early_stopping.grace_period,
             reduction_factor=sweep.early_stopping.reduction_factor,
         )
@@ -155,6 +157,8 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     if not sweep.space:
         raise config.ConfigError(f"{args.params}: sweep.space is empty: name keys to vary")
     sweep_space.check(args.variant, variant_config, sweep.space)
+    epochs = sweep.space.get("fit.epochs")
+    max_epochs = max([variant_config.fit.epochs, *(epochs.extremes() if epochs else ())])
     address = args.address or sweep.address
     prepare_environment(address)
     import mlflow
@@ -178,7 +182,7 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
         # with_parameters puts the arrays in Ray's object store once; every node reads them there.
         trainable = tune.with_parameters(sweep_trial.run_trial, data=data, context=context)
         try:
-            tuner(sweep, trainable, Path(storage), outcomes).fit()
+            tuner(sweep, trainable, Path(storage), outcomes, max_epochs=max_epochs).fit()
         finally:
             sweep_record.reconcile(client, outcomes, parent_run_id=parent, context=context)
     order = sweep_record.ranked(outcomes)

@@ -122,7 +122,11 @@ def reconcile(client: Any, outcomes: dict[str, Outcome], *, parent_run_id: str, 
         outcome.node_ip = tags.get(NODE_IP_TAG, outcome.node_ip)
         outcome.fit_seconds = run.data.metrics.get("train_seconds")
         outcome.trial_seconds = run.data.metrics.get("trial_seconds")
-        if outcome.status == COMPLETED and tags.get(FIT_DONE_TAG) != "true":
+        # ASHA may end a trial at its last epoch's report, before its fit returns: it ran in full.
+        full = outcome.epochs >= int(
+            outcome.overrides.get("fit.epochs", context.variant_config.fit.epochs)
+        )
+        if outcome.status == COMPLETED and tags.get(FIT_DONE_TAG) != "true" and not full:
             outcome.status = STOPPED
         elif outcome.status not in (COMPLETED, FAILED):
             outcome.status, outcome.error = FAILED, outcome.error or "the sweep ended first"

@@ -226,6 +226,9 @@ def start_mlflow(hosts: Hosts, folder: Path) -> tuple[str, str]:
             str(folder / "artifacts"),
             "--workers",
             "1",
+            # Its default allows localhost and private addresses, not 127.0.0.2.
+            "--allowed-hosts",
+            f"{hosts.a.address}:{port},{hosts.a.address}",
         ],
     )
     return f"http://{hosts.a.address}:{port}", store
