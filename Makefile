@@ -9,7 +9,7 @@ PORT ?= 3000
 DOCS_PORT ?= 8000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
+.PHONY: help install scale data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -45,6 +45,19 @@ $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
 	fi
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Ray (the `scale` extra) for `python -m pipeline.sweep` and its tests: `make test` installs it on
+# top of the rest, `make repro` never does. The install rule above removes this stamp too.
+SCALE_STAMP := $(VENV)/.installed-scale
+$(SCALE_STAMP): pyproject.toml | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+	@if [ "$(INSTALLER)" = uv ] && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[$(EXTRAS),scale]'; then \
+		echo "Installed .[$(EXTRAS),scale] with uv"; \
+	else \
+		$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),scale]' && echo "Installed .[$(EXTRAS),scale] with pip"; \
+	fi
+	touch $@
+
+scale: $(SCALE_STAMP)
 
 # `dvc plots show` pages with Vega inline (npm pack), so they render offline; .dvc/config names it.
 PLOTS_TEMPLATE := .dvc/plots/offline.html
@@ -101,7 +114,7 @@ npm:
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: npm install data postgres browser
+test: npm install scale data postgres browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 test-fast: install

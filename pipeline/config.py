@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import datasets
+from pipeline.sweep_config import SweepConfig
 
 
 class ConfigError(ValueError):
@@ -149,11 +150,20 @@ class FitConfig:
     # bf16 on CPUs with AVX512-BF16/AMX, fp16 on GPUs; weights and the softmax stay float32.
     mixed_precision: bool = False
     jit_compile: bool = False
+    # `mirrored`: one fit over several devices of this machine (tf.distribute.MirroredStrategy):
+    # every visible GPU, or `logical_cpu_devices` CPU devices when set (pipeline.distribute).
+    distribute: Literal["none", "mirrored"] = "none"
+    logical_cpu_devices: int = 0
 
     def __post_init__(self) -> None:
         for name in ("learning_rate", "batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"fit.{name} must be positive, got {getattr(self, name)}")
+        if self.logical_cpu_devices < 0 or self.logical_cpu_devices == 1:
+            raise ConfigError(
+                "fit.logical_cpu_devices must be 0 (off) or at least 2,"
+                f" got {self.logical_cpu_devices}"
+            )
 
 
 @dataclass(frozen=True)
@@ -284,6 +294,8 @@ class Params:
     train: TrainConfig | None = None
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    # Not a DVC stage: `python -m pipeline.sweep` (Ray Tune); pipeline.sweep_config.
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         # `auto` mirroring becomes what the data allows, so every stage sees plain booleans.
@@ -343,6 +355,9 @@ def _type_name(hint: Any) -> str:
 
 def build(hint: Any, value: Any, path: str) -> Any:
     """Convert plain YAML data into `hint` (a dataclass or simple type); errors name `path`."""
+    if hint is Any:
+        # A value whose type depends on another key (a sweep's choices): checked by its owner.
+        return value
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")

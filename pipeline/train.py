@@ -267,13 +267,18 @@ def train(
     layers and float32 (`servable`)."""
     import keras
 
-    from pipeline import devices, models
+    from pipeline import devices, distribute, models
 
     fit = variant_config.fit
     keras.utils.set_random_seed(fit.seed)
     device = devices.configure(mixed_precision=fit.mixed_precision)
-    model = models.build(variant_config.model, num_classes=y_train.shape[1], fused_batch_norm=True)
-    compile_model(model, fit, train_size=len(x_train))
+    # fit.distribute: built and compiled under MirroredStrategy (pipeline.distribute).
+    with distribute.scope(fit) as replicas:
+        device |= replicas
+        model = models.build(
+            variant_config.model, num_classes=y_train.shape[1], fused_batch_norm=True
+        )
+        compile_model(model, fit, train_size=len(x_train))
     started = time.perf_counter()
     history = fit_model(
         model,

@@ -4,7 +4,8 @@ A package that only arrives as someone else's dependency can vanish with that pa
 release. Two sides: the service (every module `serving.service` imports, directly or in a
 function) may use only `[project] dependencies` and the `serve` extra, so that `.[serve]` serves
 without TensorFlow; the rest of the runtime code (pipeline/, serving.package, serving.monitor,
-bench/) may also use `train` and the TensorFlow extras; tests may also use `dev` and `team`.
+bench/) may also use `train`, the TensorFlow extras and `scale` (Ray, for `pipeline.sweep` only:
+`dvc repro` never imports it); tests may also use `dev` and `team`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def undeclared(folder: str | list[Path], allowed: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("folder", ["pipeline", "serving", "bench"])
 def test_runtime_imports_are_project_dependencies(folder):
-    assert undeclared(folder, declared("serve", "train", "cpu", "gpu")) == []
+    assert undeclared(folder, declared("serve", "train", "cpu", "gpu", "scale")) == []
 
 
 def test_the_service_imports_only_what_the_serve_extra_installs():
@@ -147,5 +148,5 @@ def test_installing_the_service_alone_brings_no_tensorflow_keras_or_mlflow():
 
 
 def test_test_imports_are_declared_for_development():
-    allowed = declared("serve", "train", "cpu", "gpu", "dev", "team")
+    allowed = declared("serve", "train", "cpu", "gpu", "dev", "team", "scale")
     assert undeclared("tests", allowed) == []
