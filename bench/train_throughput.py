@@ -4,9 +4,9 @@
     python bench/train_throughput.py --options     # also time batch norm, bf16, batch size, XLA
 
 Both sides fit the same compiled model on the same data; the pipeline side goes through
-`pipeline.train.fit_model` (tf.data input, per-epoch callback) inside an MLflow run that logs every
-epoch to a throwaway SQLite store, as the train stage does. Prints images/s of each and the ratio
-(goal: >= 0.97, i.e. tracking and the rest cost under 3%).
+`pipeline.fitting.fit_model` (tf.data input, per-epoch callback) inside an MLflow run that logs
+every epoch to a throwaway SQLite store, as the train stage does. Prints images/s of each and the
+ratio (goal: >= 0.97, i.e. tracking and the rest cost under 3%).
 """
 
 from __future__ import annotations
@@ -48,20 +48,20 @@ def load_images(count: int, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def compiled_model(variant: config.VariantConfig, train_size: int, *, fused_batch_norm=True):
     """The variant as training builds it (fused batch norm), compiled."""
-    from pipeline import models, train
+    from pipeline import fitting, models
 
     model = models.build(variant.model, num_classes=10, fused_batch_norm=fused_batch_norm)
-    train.compile_model(model, variant.fit, train_size=train_size)
+    fitting.compile_model(model, variant.fit, train_size=train_size)
     return model
 
 
 def time_bare(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> float:
     """A plain `model.fit` on the pipeline's input (shuffled batches, no autotuning), without its
     callbacks and MLflow: what the ratio measures is what the pipeline adds to a fit."""
-    from pipeline import train
+    from pipeline import fitting
 
-    data = train.training_data(x, y, fit)
-    val = train.batched(x_val, y_val, fit.batch_size)
+    data = fitting.training_data(x, y, fit)
+    val = fitting.batched(x_val, y_val, fit.batch_size)
     started = time.perf_counter()
     model.fit(data, epochs=epochs, validation_data=val, shuffle=False, verbose=0)
     return time.perf_counter() - started
@@ -70,17 +70,17 @@ def time_bare(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> 
 def time_pipeline(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> float:
     import mlflow
 
-    from pipeline import train
+    from pipeline import fitting
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         mlflow.log_metrics(
-            {key: logs[key] for key in train.HISTORY_KEYS}, step=epoch, synchronous=False
+            {key: logs[key] for key in fitting.HISTORY_KEYS}, step=epoch, synchronous=False
         )
 
     fit = dataclasses.replace(fit, epochs=epochs, early_stopping_patience=0)
     started = time.perf_counter()
     with mlflow.start_run():
-        train.fit_model(
+        fitting.fit_model(
             model, x_train=x, y_train=y, x_val=x_val, y_val=y_val, fit=fit, on_epoch=on_epoch
         )
     return time.perf_counter() - started
@@ -89,7 +89,7 @@ def time_pipeline(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int)
 def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     import keras
 
-    from pipeline import train
+    from pipeline import fitting
 
     keras.utils.set_random_seed(0)
     fit = variant.fit
@@ -99,7 +99,7 @@ def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     model = compiled_model(dataclasses.replace(variant, fit=fit), len(x))
     # One warm-up epoch on the same kind of input traces the train step for both sides.
     warm_up = slice(fit.batch_size * 4)
-    model.fit(train.training_data(x[warm_up], y[warm_up], fit), shuffle=False, verbose=0)
+    model.fit(fitting.training_data(x[warm_up], y[warm_up], fit), shuffle=False, verbose=0)
     bare, pipeline = [], []
     for repeat in range(args.repeats):
         # Alternate the order so neither side always runs on a warmer machine.
@@ -132,7 +132,7 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     """Images/s of a bare fit under each speed option, against the variant's own settings."""
     import keras
 
-    from pipeline import train
+    from pipeline import fitting
 
     base = variant.fit
     # (label, fit settings changed, fused batch norm as training builds it)
@@ -159,9 +159,9 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
         # Batches as the pipeline feeds them, without tf.data's autotuning: arrays handed to
         # `fit` become autotuned datasets whose teardown can stall an epoch for seconds, which
         # once read as x0.61 for three options at once.
-        warm_up = train.batched(x[: fit.batch_size * 4], y[: fit.batch_size * 4], fit.batch_size)
+        warm_up = fitting.batched(x[: fit.batch_size * 4], y[: fit.batch_size * 4], fit.batch_size)
         model.fit(warm_up, shuffle=False, verbose=0)
-        data = train.batched(x, y, fit.batch_size)
+        data = fitting.batched(x, y, fit.batch_size)
         started = time.perf_counter()
         model.fit(data, epochs=1, shuffle=False, verbose=0)
         rate = len(x) / (time.perf_counter() - started)

@@ -14,14 +14,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.typed import ConfigError
+
 SAMPLED = ("uniform", "loguniform", "randint")
 LISTED = ("choice", "grid")
 
 
 def _error(message: str) -> Exception:
-    # pipeline.config imports this module, so its error class is looked up when needed.
-    from pipeline.config import ConfigError
-
     return ConfigError(message)
 
 

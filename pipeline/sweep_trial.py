@@ -76,7 +76,7 @@ def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context
     from mlflow.entities import Metric
     from ray import tune
 
-    from pipeline import devices, sweep_space, train
+    from pipeline import devices, fitting, sweep_space, train
 
     devices.import_tensorflow()
     import tensorflow as tf
@@ -91,7 +91,7 @@ def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         # Logged synchronously: a node may vanish at any time, and what was logged must stay.
         now = int(time.time() * 1000)
-        metrics = [Metric(key, logs[key], now, epoch) for key in train.HISTORY_KEYS]
+        metrics = [Metric(key, logs[key], now, epoch) for key in fitting.HISTORY_KEYS]
         client.log_batch(run_id, metrics=metrics)
         tune.report(
             {

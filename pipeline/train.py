@@ -1,9 +1,9 @@
 """Stage `train`: fit one model variant on `train`, validate on `val`, track it in MLflow.
 
-`train()` fits and returns; `main()` reads the prepared data, records the run through `tracking`
-and writes `models/<variant>/model.keras`, `models/<variant>/run.json` (contracts.TrainedRun:
-MLflow run id and model URI), the final metrics as DVC metrics (contracts.TrainMetrics) and the
-per-epoch history as a CSV for `dvc plots`.
+`train()` builds and fits (`pipeline.fitting`) and returns; `main()` reads the prepared data,
+records the run through `tracking` and writes `models/<variant>/model.keras`,
+`models/<variant>/run.json` (contracts.TrainedRun: MLflow run id and model URI), the final metrics
+as DVC metrics (contracts.TrainMetrics) and the per-epoch history as a CSV for `dvc plots`.
 """
 
 from __future__ import annotations
@@ -22,192 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import config, contracts, io, tracking
-from pipeline.config import FitConfig, VariantConfig
+from pipeline import config, contracts, fitting, io, tracking
+from pipeline.config import VariantConfig
 from pipeline.figures import curves_figure
 
 if TYPE_CHECKING:
     import keras
 
 log = logging.getLogger(__name__)
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
 
 
 def load_split(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """(x, y, class_names) of a prepared split."""
     with np.load(path) as data:
         return data["x"], data["y"], tuple(str(name) for name in data["class_names"])
-
-
-def learning_rate(fit: FitConfig, steps_per_epoch: int):
-    """A constant rate, or cosine decay to zero after an optional linear warm-up."""
-    import keras
-
-    if fit.schedule == "constant":
-        return fit.learning_rate
-    warmup_steps = fit.warmup_epochs * steps_per_epoch
-    decay_steps = max(1, fit.epochs * steps_per_epoch - warmup_steps)
-    if warmup_steps:
-        return keras.optimizers.schedules.CosineDecay(
-            fit.learning_rate * 0.1,
-            decay_steps,
-            warmup_target=fit.learning_rate,
-            warmup_steps=warmup_steps,
-        )
-    return keras.optimizers.schedules.CosineDecay(fit.learning_rate, decay_steps)
-
-
-def make_optimizer(fit: FitConfig, steps_per_epoch: int):
-    import keras
-
-    rate = learning_rate(fit, steps_per_epoch)
-    if fit.optimizer == "sgd":
-        return keras.optimizers.SGD(rate, momentum=fit.momentum)
-    if fit.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(rate, momentum=fit.momentum)
-    if fit.optimizer == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=fit.weight_decay)
-    return keras.optimizers.Adam(rate)
-
-
-def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> None:
-    """Attach optimizer, loss and metrics as the fit config says; the loss suits the output
-    layer's activation (`pipeline.losses`)."""
-    from pipeline import losses, models
-
-    steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
-    _, output_activation = models.output_layer(model)
-    model.compile(
-        optimizer=make_optimizer(fit, steps_per_epoch),
-        loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),
-        metrics=["accuracy"],
-        jit_compile=fit.jit_compile,
-    )
-
-
-def without_autotune(data):
-    """`data` with tf.data's autotuning off.
-
-    Keras makes a new iterator over the training and validation data every epoch. Tearing an
-    autotuned one down waits for its tuning thread: 5-30 s, idle, in about half the epochs
-    (TensorFlow 2.21, 2 cores), a fifth to a quarter of the `cnn`'s training time. Nothing here
-    needs tuning: the data is in memory and one batch is prefetched.
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return data.with_options(options)
-
-
-def training_data(x: np.ndarray, y: np.ndarray, fit: FitConfig):
-    """A shuffled, batched, prefetched tf.data pipeline, with random mirroring and shifts when
-    asked (each image its own draw)."""
-    import keras
-    import tensorflow as tf
-
-    data = tf.data.Dataset.from_tensor_slices((x, y))
-    data = data.shuffle(len(x), seed=fit.seed, reshuffle_each_iteration=True).batch(fit.batch_size)
-    # float32 layers: built under a mixed policy they would hand the model bf16 images.
-    augment = []
-    if fit.augment_flip:
-        augment.append(keras.layers.RandomFlip("horizontal", seed=fit.seed, dtype="float32"))
-    if fit.augment_shift:
-        factor = fit.augment_shift / x.shape[1]
-        augment.append(
-            keras.layers.RandomTranslation(
-                factor, factor, fill_mode="constant", seed=fit.seed, dtype="float32"
-            )
-        )
-    if augment:
-        # Layer by layer: a keras.Sequential made under a mixed policy would cast to bf16 first.
-        layers = [
-            keras.layers.Reshape((*x.shape[1:], 1), dtype="float32"),
-            *augment,
-            keras.layers.Reshape(x.shape[1:], dtype="float32"),
-        ]
-
-        def augmented(images, labels):
-            for layer in layers:
-                images = layer(images, training=True)
-            return images, labels
-
-        # One batch at a time: the layers draw from one seeded stream, and batches drawing in
-        # parallel would take its draws in a different order each run.
-        data = data.map(augmented)
-    return without_autotune(data.prefetch(1))
-
-
-def batched(x: np.ndarray, y: np.ndarray, batch_size: int):
-    """`x` and `y` in order, batched, as a dataset without autotuning (Keras would autotune one
-    it made from the arrays): the validation split, and the benchmarks' data."""
-    import tensorflow as tf
-
-    return without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
-
-
-def epoch_logger(on_epoch=None):
-    """A callback that adds `epoch_seconds` and the current learning rate to each epoch's logs,
-    then hands the logs to `on_epoch(epoch, logs)` (MLflow logging, progress output)."""
-    import keras
-
-    class EpochLogger(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self._started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            logs["epoch_seconds"] = time.perf_counter() - self._started
-            logs["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
-            if on_epoch is not None:
-                on_epoch(epoch, {key: float(value) for key, value in logs.items()})
-
-    return EpochLogger()
-
-
-def stop_when_asked():
-    """A callback that ends `fit` after the current step once a stop signal came in."""
-    import keras
-
-    class StopWhenAsked(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if tracking.stop_requested():
-                self.model.stop_training = True
-
-    return StopWhenAsked()
-
-
-def fit_model(
-    model: keras.Model,
-    *,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    fit: FitConfig,
-    on_epoch=None,
-) -> dict[str, list[float]]:
-    """Fit a compiled model with early stopping on val_loss; return the per-epoch history."""
-    import keras
-
-    callbacks = [epoch_logger(on_epoch), stop_when_asked()]
-    if fit.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=fit.early_stopping_patience, restore_best_weights=True
-            )
-        )
-    with tracking.stop_deferred():
-        history = model.fit(
-            training_data(x_train, y_train, fit),
-            validation_data=batched(x_val, y_val, fit.batch_size),
-            epochs=fit.epochs,
-            callbacks=callbacks,
-            # The tf.data pipeline already shuffles, each epoch anew.
-            shuffle=False,
-            verbose=0,
-        )
-    return {key: [float(value) for value in history.history[key]] for key in HISTORY_KEYS}
 
 
 def servable(
@@ -233,7 +61,7 @@ def servable(
     model.set_weights(trained.get_weights())
     if variant_config.model.test_time_flip:
         model = models.mirror_averaged(model)
-    compile_model(model, variant_config.fit, train_size=train_size)
+    fitting.compile_model(model, variant_config.fit, train_size=train_size)
     # Under float16 Keras wraps the optimizer to scale the loss; the state to keep is inside.
     learnt = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)
     model.optimizer.build(model.trainable_variables)
@@ -278,9 +106,9 @@ def train(
         model = models.build(
             variant_config.model, num_classes=y_train.shape[1], fused_batch_norm=True
         )
-        compile_model(model, fit, train_size=len(x_train))
+        fitting.compile_model(model, fit, train_size=len(x_train))
     started = time.perf_counter()
-    history = fit_model(
+    history = fitting.fit_model(
         model,
         x_train=x_train,
         y_train=y_train,
@@ -320,7 +148,7 @@ def run_params(
 
 def report_epoch(epoch: int, logs: dict[str, float], *, epochs: int) -> None:
     """Record one epoch in the active MLflow run and show progress."""
-    tracking.log_epoch(epoch, logs, HISTORY_KEYS)
+    tracking.log_epoch(epoch, logs, fitting.HISTORY_KEYS)
     log.info(
         "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1fs",
         epoch + 1,
@@ -348,10 +176,10 @@ def run_description(variant: str, variant_config: VariantConfig, meta: contracts
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
-    rows = ["epoch," + ",".join(HISTORY_KEYS)]
+    rows = ["epoch," + ",".join(fitting.HISTORY_KEYS)]
     for epoch in range(len(history["loss"])):
         rows.append(
-            f"{epoch + 1}," + ",".join(f"{history[key][epoch]:.6g}" for key in HISTORY_KEYS)
+            f"{epoch + 1}," + ",".join(f"{history[key][epoch]:.6g}" for key in fitting.HISTORY_KEYS)
         )
     return "\n".join(rows) + "\n"
 

@@ -24,7 +24,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import config, contracts, devices, io, models, prepare, train
+from pipeline import config, contracts, devices, fitting, io, models, prepare, train
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
 from tests.support import synthetic
 from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, git, write_params
@@ -74,7 +74,7 @@ def assert_history_logged_per_epoch(client, run_id: str, csv_path: Path) -> list
     with csv_path.open() as handle:
         rows = list(csv.DictReader(handle))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
-    for key in train.HISTORY_KEYS:
+    for key in fitting.HISTORY_KEYS:
         history = sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)
         assert [metric.step for metric in history] == [0, 1, 2], key
         assert [metric.value for metric in history] == pytest.approx(
@@ -208,9 +208,9 @@ def test_fitting_on_the_learnable_synthetic_task_lowers_the_loss(config):
     fit = FitConfig(learning_rate=0.01, batch_size=32, epochs=3, seed=0)
     keras.utils.set_random_seed(fit.seed)
     model = models.build(config, num_classes=10)
-    train.compile_model(model, fit, train_size=len(x_train))
+    fitting.compile_model(model, fit, train_size=len(x_train))
     seen = []
-    history = train.fit_model(
+    history = fitting.fit_model(
         model,
         x_train=x_train,
         y_train=y_train,
@@ -220,10 +220,10 @@ def test_fitting_on_the_learnable_synthetic_task_lowers_the_loss(config):
         on_epoch=lambda epoch, logs: seen.append((epoch, sorted(logs))),
     )
     assert {key: len(values) for key, values in history.items()} == dict.fromkeys(
-        train.HISTORY_KEYS, 3
+        fitting.HISTORY_KEYS, 3
     )
     assert [epoch for epoch, _ in seen] == [0, 1, 2]
-    assert all(set(train.HISTORY_KEYS) <= set(keys) for _, keys in seen)
+    assert all(set(fitting.HISTORY_KEYS) <= set(keys) for _, keys in seen)
     assert history["learning_rate"] == pytest.approx([0.01] * 3)
     assert history["loss"][-1] < 0.5 * history["loss"][0]
     assert history["val_loss"][-1] < history["val_loss"][0]
@@ -237,8 +237,8 @@ def test_fit_input_is_every_example_once_per_epoch_without_autotuning():
     training example once per epoch, in a new order each epoch."""
     x = np.arange(10, dtype=np.float32).reshape(10, 1)
     fit = FitConfig(batch_size=4, seed=0)
-    data = train.training_data(x, x, fit)
-    val = train.batched(x, x, batch_size=4)
+    data = fitting.training_data(x, x, fit)
+    val = fitting.batched(x, x, batch_size=4)
     assert data.options().autotune.enabled is False
     assert val.options().autotune.enabled is False
     epochs = [[int(v) for batch, _ in data for v in batch[:, 0]] for _ in range(2)]
@@ -256,7 +256,7 @@ def test_random_shifts_move_each_training_image_by_at_most_the_asked_pixels():
 
     def one_batch(shift: int) -> tuple[np.ndarray, np.ndarray]:
         fit = FitConfig(batch_size=32, seed=0, augment_shift=shift)
-        ((images, labels),) = list(train.training_data(x, y, fit))
+        ((images, labels),) = list(fitting.training_data(x, y, fit))
         return np.asarray(images, np.float32), np.asarray(labels)
 
     plain, _ = one_batch(0)
@@ -282,7 +282,7 @@ def test_random_mirroring_flips_about_half_the_training_images_left_right(monkey
     devices.configure(mixed_precision=True)
     try:
         fit = FitConfig(batch_size=64, seed=0, augment_flip=True)
-        ((images, labels),) = list(train.training_data(x, y, fit))
+        ((images, labels),) = list(fitting.training_data(x, y, fit))
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert images.dtype == np.float32
@@ -301,7 +301,7 @@ def test_augmented_batches_are_the_same_for_the_same_seed():
 
     def batches(seed: int) -> list[np.ndarray]:
         fit = FitConfig(batch_size=32, seed=seed, augment_flip=True, augment_shift=2)
-        return [np.asarray(images) for images, _ in train.training_data(x, y, fit)]
+        return [np.asarray(images) for images, _ in fitting.training_data(x, y, fit)]
 
     first = batches(3)
     for a, b in zip(first, batches(3), strict=True):

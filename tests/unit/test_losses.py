@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import losses, models, train
+from pipeline import fitting, losses, models
 from pipeline.config import FitConfig, ModelConfig
 
 FIT = FitConfig(optimizer="sgd", learning_rate=0.01, batch_size=32, epochs=1, seed=0)
@@ -18,7 +18,7 @@ def compiled(output_activation: str) -> keras.Model:
         architecture="mlp", dense=(10,), activation="sigmoid", output_activation=output_activation
     )
     model = models.build(config, num_classes=10)
-    train.compile_model(model, FIT, train_size=64)
+    fitting.compile_model(model, FIT, train_size=64)
     return model
 
 
@@ -83,7 +83,7 @@ def test_a_model_without_a_softmax_or_sigmoid_output_is_refused_with_its_activat
         [keras.Input(shape=(28, 28)), keras.layers.Flatten(), keras.layers.Dense(10)]
     )
     with pytest.raises(ValueError, match=r"softmax or sigmoid.*'linear'"):
-        train.compile_model(model, FIT, train_size=64)
+        fitting.compile_model(model, FIT, train_size=64)
     pooled = keras.Sequential([keras.Input(shape=(28, 28)), keras.layers.Flatten()])
     with pytest.raises(ValueError, match="None"):
-        train.compile_model(pooled, FIT, train_size=64)
+        fitting.compile_model(pooled, FIT, train_size=64)
