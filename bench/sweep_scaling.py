@@ -103,7 +103,7 @@ def make_project(root: Path, args: argparse.Namespace) -> Path:
 def sweep_on(nodes: int, project: Path, root: Path) -> dict[str, float]:
     """Run the sweep on a fresh cluster of `nodes` nodes; its figures."""
     with ray_hosts.loopback(root) as hosts:
-        head = ray_hosts.start_cluster(hosts) if nodes == 2 else start_head(hosts)
+        head = ray_hosts.start_cluster(hosts) if nodes == 2 else ray_hosts.start_head(hosts)
         out = root / f"sweeps-{nodes}"
         command = [sys.executable, "-m", "pipeline.sweep", "--variant", "mlp", "--address", head]
         command += ["--out", str(out), "--tracking-uri", f"sqlite:///{root / f'mlflow{nodes}.db'}"]
@@ -131,31 +131,6 @@ def sweep_on(nodes: int, project: Path, root: Path) -> dict[str, float]:
         "ray_part": statistics.mean((w - i) / w for w, i in zip(walls, insides, strict=True)),
         "nodes_used": len({row["node_ip"] for row in rows}),
     }
-
-
-def start_head(hosts) -> str:
-    """A 1-node cluster: the head on host A only."""
-    head = f"{hosts.a.address}:{ray_hosts.servers.free_port()}"
-    hosts.start(
-        "ray-head",
-        hosts.a,
-        [
-            str(ray_hosts.BIN_DIR / "ray"),
-            "start",
-            "--head",
-            "--node-ip-address",
-            hosts.a.address,
-            "--port",
-            head.rsplit(":", 1)[1],
-            "--include-dashboard=false",
-            "--num-cpus",
-            "1",
-            "--block",
-            "--disable-usage-stats",
-        ],
-    )
-    ray_hosts.wait_nodes(hosts, head, 1)
-    return head
 
 
 def main() -> None:

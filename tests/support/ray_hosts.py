@@ -156,16 +156,14 @@ def stop_all(hosts: Hosts) -> None:
         server.stop(timeout=10)
 
 
-def start_cluster(hosts: Hosts, *, cpus: int = 1) -> str:
-    """A head on A and a node on B, `cpus` CPUs each; the head's address."""
+def start_head(hosts: Hosts, *, cpus: int = 1) -> str:
+    """A head on A with `cpus` CPUs, once it is up; its address."""
     head = f"{hosts.a.address}:{RAY_PORT if hosts.kind == 'namespaces' else servers.free_port()}"
-    common = ["--num-cpus", str(cpus), "--block", "--disable-usage-stats"]
-    ray = str(BIN_DIR / "ray")
     hosts.start(
         "ray-head",
         hosts.a,
         [
-            ray,
+            str(BIN_DIR / "ray"),
             "start",
             "--head",
             "--node-ip-address",
@@ -173,17 +171,35 @@ def start_cluster(hosts: Hosts, *, cpus: int = 1) -> str:
             "--port",
             head.rsplit(":", 1)[1],
             "--include-dashboard=false",
-            *common,
+            *_node_options(cpus),
         ],
     )
     wait_nodes(hosts, head, 1)
+    return head
+
+
+def start_cluster(hosts: Hosts, *, cpus: int = 1) -> str:
+    """A head on A and a node on B, `cpus` CPUs each; the head's address."""
+    head = start_head(hosts, cpus=cpus)
     hosts.start(
         "ray-node-b",
         hosts.b,
-        [ray, "start", "--address", head, "--node-ip-address", hosts.b.address, *common],
+        [
+            str(BIN_DIR / "ray"),
+            "start",
+            "--address",
+            head,
+            "--node-ip-address",
+            hosts.b.address,
+            *_node_options(cpus),
+        ],
     )
     wait_nodes(hosts, head, 2)
     return head
+
+
+def _node_options(cpus: int) -> list[str]:
+    return ["--num-cpus", str(cpus), "--block", "--disable-usage-stats"]
 
 
 def wait_nodes(hosts: Hosts, head: str, count: int, timeout: float = 90) -> None:
