@@ -1,5 +1,6 @@
 """`fit.distribute: mirrored`: the train stage on 2 logical CPU devices under MirroredStrategy
-makes the same kind of model file as a single-device fit, which loads and predicts with Keras.
+makes the same kind of model file as a single-device fit, which loads and predicts with Keras,
+exports to ONNX as `evaluate` exports it, and answers through the service's runtime.
 
 The stage runs in a subprocess: logical devices must be set before TensorFlow starts its
 runtime, which this test process may already have done.
@@ -17,14 +18,15 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, train
+from pipeline import config, onnx_export, train
+from serving.model import ServedModel
 from tests.support.workspace import TINY_VARIANTS, Workspace
 
 pytestmark = pytest.mark.slow
 
 
-def test_mirrored_fit_on_two_logical_cpus_saves_a_model_that_loads_and_predicts(
-    workspace: Workspace, prepared: Path, sqlite_store: str
+def test_mirrored_fit_on_two_logical_cpus_saves_a_model_that_loads_and_serves(
+    workspace: Workspace, prepared: Path, sqlite_store: str, tmp_path: Path
 ):
     import keras
     import mlflow
@@ -59,6 +61,18 @@ def test_mirrored_fit_on_two_logical_cpus_saves_a_model_that_loads_and_predicts(
     assert accuracy > 0.2, accuracy
     # A plain Keras model: no layer of this package, no distribution strategy in the file.
     assert all(type(layer).__module__.startswith("keras") for layer in model.layers)
+
+    # Served as any champion is: its ONNX export, checked against Keras on validation, run by
+    # the service's onnxruntime session, gives the same classes.
+    onnx_export.export_checked(model, tmp_path, x_val)
+    served = ServedModel.load(
+        tmp_path / onnx_export.FP32_FILE,
+        info={"class_names": [str(index) for index in range(y_val.shape[1])]},
+        version="1",
+        threads=1,
+    )
+    answers = served.classify(x_val)
+    assert [answer["label"] for answer in answers] == probabilities.argmax(1).tolist()
 
 
 @pytest.mark.parametrize(
