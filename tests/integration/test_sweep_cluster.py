@@ -179,8 +179,11 @@ def check_results(folder: Path, client, env: dict) -> None:
         )
         for run in completed
     }
-    assert best["mlflow_run_id"] == max(scores, key=scores.get)
-    assert best["val_accuracy"] == pytest.approx(max(scores.values()))
+    # On tiny data two trials can tie; the sweep breaks ties by trial id, so the check is that
+    # the named run is one with the best validation accuracy.
+    top = max(scores.values())
+    assert scores[best["mlflow_run_id"]] == pytest.approx(top), (best, scores)
+    assert best["val_accuracy"] == pytest.approx(top)
     rows = (folder / "sweeps" / "cnn" / "trials.csv").read_text().splitlines()
     assert len(rows) == 1 + len(ACTIVATIONS)
     shown = project.run(folder, "dvc", "exp", "show", "--json", env=env).stdout
