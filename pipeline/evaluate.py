@@ -37,7 +37,7 @@ from pipeline.figures import confusion_figure, misclassified_figure, reliability
 from pipeline.scoring import Evaluation, Labelled, VariantEvaluation
 
 if TYPE_CHECKING:
-    pass
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(128 + stopped.signum) from None
 
 
-def run_stage(args: argparse.Namespace) -> None:
-    """Score every variant, record the results, register the chosen one, write the outputs."""
-    devices.import_tensorflow()
+def load_variants(args: argparse.Namespace, variants: tuple[str, ...]):
+    """Each variant's training run record, training metrics and saved model, by name."""
     import keras
 
-    params = config.load(args.params)
-    if params.train is None:
-        raise SystemExit("params.yaml has no train section: nothing to evaluate")
-    variants = params.train.variants
-    meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
-    val, test = load_split(args.data / "val.npz"), load_split(args.data / "test.npz")
     runs = {
         v: contracts.TrainedRun.read(args.models / v / contracts.TrainedRun.file_name)
         for v in variants
@@ -189,6 +182,43 @@ def run_stage(args: argparse.Namespace) -> None:
         v: keras.saving.load_model(args.models / v / "model.keras", compile=False) for v in variants
     }
     log.info("evaluate: %d variant(s) loaded: %s", len(models), ", ".join(models))
+    return runs, trained, models
+
+
+def log_served_model(
+    served: keras.Model,
+    run_id: str,
+    *,
+    val: Labelled,
+    test: Labelled,
+    train_images: np.ndarray,
+    rule: config.Int8Config,
+) -> tuple[str, dict[str, str]]:
+    """Export the served network to ONNX (checked against Keras on validation; int8 adopted by
+    `rule`) and log it with both files to the chosen variant's training run: the logged model's
+    URI and the ONNX tags for its registered version. The files are checked before anything is
+    logged."""
+    with tempfile.TemporaryDirectory() as scratch:
+        onnx_files = onnx_export.build_files(
+            served, Path(scratch), val=val, test=test, train_images=train_images, rule=rule
+        )
+        stopping.checkpoint()
+        uri = tracking.log_calibrated_model(
+            run_id, served, example=val[0][:8], onnx_folder=Path(scratch)
+        )
+    return uri, onnx_files.as_tags()
+
+
+def run_stage(args: argparse.Namespace) -> None:
+    """Score every variant, record the results, register the chosen one, write the outputs."""
+    devices.import_tensorflow()
+    params = config.load(args.params)
+    if params.train is None:
+        raise SystemExit("params.yaml has no train section: nothing to evaluate")
+    variants = params.train.variants
+    meta = contracts.PreparedMeta.read(args.data / contracts.PreparedMeta.file_name)
+    val, test = load_split(args.data / "val.npz"), load_split(args.data / "test.npz")
+    runs, trained, models = load_variants(args, variants)
     stopping.checkpoint()
 
     evaluation = scoring.evaluate(
@@ -206,20 +236,14 @@ def run_stage(args: argparse.Namespace) -> None:
     best = evaluation.best.metrics
     served = calibration.calibrated_model(models[evaluation.chosen], best.temperature)
     stopping.checkpoint()
-    with tempfile.TemporaryDirectory() as scratch:
-        # The ONNX files are checked before anything is logged or registered.
-        onnx_files = onnx_export.build_files(
-            served,
-            Path(scratch),
-            val=val,
-            test=test,
-            train_images=load_split(args.data / "train.npz")[0],
-            rule=params.evaluate.int8,
-        )
-        stopping.checkpoint()
-        calibrated_uri = tracking.log_calibrated_model(
-            runs[evaluation.chosen].run_id, served, example=val[0][:8], onnx_folder=Path(scratch)
-        )
+    calibrated_uri, onnx_tags = log_served_model(
+        served,
+        runs[evaluation.chosen].run_id,
+        val=val,
+        test=test,
+        train_images=load_split(args.data / "train.npz")[0],
+        rule=params.evaluate.int8,
+    )
     # Registering and writing the outputs is not cut short: a stop from here waits for the end.
     stopping.begin_commit()
     with tracking.registry_lock():
@@ -232,7 +256,7 @@ def run_stage(args: argparse.Namespace) -> None:
             name=params.registered_model,
             settings=params.evaluate,
             model_uri=calibrated_uri,
-            onnx=onnx_files.as_tags(),
+            onnx=onnx_tags,
         )
     # The outputs come last, so a stage stopped before this point has written none of them.
     write_plots(args.plots, figures, evaluation, labels=test[1], class_names=meta.class_names)
