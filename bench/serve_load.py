@@ -8,12 +8,13 @@
 Packages the registry's champion into the BentoML store (`serving.package`), starts
 `bentoml serve serving.service:Classifier` with `BENTO_MODEL=<tag>` and `mlflow models serve -m
 models:/<name>/<version> --env-manager local` (through tests/support/servers.py), both on
-127.0.0.1 with free ports and the same number of worker processes, and checks the answers of
-every kind of request (the same classes from both servers, OIP's equal to /predict's, accuracy
-against the test labels). A kind whose check request fails is reported as a failed cell and not
-loaded; the others are driven with a bounded load, and the report prints req/s, images/s, p50/p99
-latency, server CPU ms per request, server memory and the ratio ours / MLflow per cell, then each
-goal with PASS / MISS and by how much it is missed.
+127.0.0.1 with free ports and the same number of worker processes, one after the other so that
+each has the machine to itself (an idle MLflow server took a tenth of a core), and checks the
+answers of every kind of request (OIP's equal to /predict's, accuracy against the test labels,
+then the same classes from both servers). A kind of ours whose check request fails is reported
+as a failed cell and not loaded; the others are driven with a bounded load, and the report
+prints req/s, images/s, p50/p99 latency, server CPU ms per request, server memory and the ratio
+ours / MLflow per cell, then each goal with PASS / MISS and by how much it is missed.
 
 The modules: `serve_payloads` (what each kind sends, how answers are read), `serve_driver` (the
 load: concurrency, latencies, cells), `serve_servers` (server processes, their CPU and memory),
@@ -224,37 +225,26 @@ def oip_lines(base_url: str, name: str) -> list[str]:
 
 
 def probe(
-    running: dict[str, servers.Server],
-    requests: dict[str, dict[str, serve_driver.Request]],
+    name: str,
+    server: servers.Server,
+    requests: dict[str, serve_driver.Request],
     *,
-    model: Model,
-    true_labels: np.ndarray | None,
     timeout_s: float,
-) -> tuple[list[str], dict[str, str]]:
-    """Send each request once and check the answers: lines to print, and ours' failed kinds.
-
-    A kind of ours that answers with an error is a failed cell (the service may not have that
-    endpoint yet); MLflow's baseline failing, or disagreeing with ours, stops the benchmark.
-    """
+) -> tuple[dict[tuple[str, str], list[int]], dict[str, str]]:
+    """Send each of `name`'s requests once: the labels answered, by (server, kind), and the
+    kinds that failed. A kind of ours that answers with an error is a failed cell (the service
+    may not have that endpoint yet); MLflow's baseline failing stops the benchmark."""
     answers: dict[tuple[str, str], list[int]] = {}
     failures: dict[str, str] = {}
-    for name, server in running.items():
-        for kind, request in requests[name].items():
-            answer = asyncio.run(serve_driver.post_once(server.url, request, timeout_s=timeout_s))
-            try:
-                answers[(name, kind)] = serve_payloads.labels(name, kind, *answer)
-            except serve_payloads.AnswerError as error:
-                if name == "mlflow":
-                    raise serve_payloads.AnswerError(
-                        f"the MLflow server, {kind}: {error}"
-                    ) from None
-                failures[kind] = f"{request.path}: {error}"
-    lines, wrong = serve_payloads.check_answers(
-        answers, true_labels=true_labels, classes=model.classes
-    )
-    if "oip" in requests["ours"]:
-        lines += oip_lines(running["ours"].url, model.name)
-    return lines, failures | wrong
+    for kind, request in requests.items():
+        answer = asyncio.run(serve_driver.post_once(server.url, request, timeout_s=timeout_s))
+        try:
+            answers[(name, kind)] = serve_payloads.labels(name, kind, *answer)
+        except serve_payloads.AnswerError as error:
+            if name == "mlflow":
+                raise serve_payloads.AnswerError(f"the MLflow server, {kind}: {error}") from None
+            failures[kind] = f"{request.path}: {error}"
+    return answers, failures
 
 
 def peak_memory(
@@ -269,27 +259,30 @@ def peak_memory(
     return peaks
 
 
-def start_servers(
-    args: argparse.Namespace, model: Model, log_dir: Path, running: dict[str, servers.Server]
-) -> None:
-    """Start ours, then MLflow's, into `running` (so the caller stops whatever did start)."""
+def start_server(
+    name: str, args: argparse.Namespace, model: Model, log_dir: Path
+) -> servers.Server:
+    """Start ours or MLflow's on the registered version; wait until it is ready."""
     env = serve_servers.server_env(
         bentoml_home=os.environ["BENTOML_HOME"], tracking_uri=model.tracking_uri, extra={}
     )
-    ours_env = env | {"BENTO_MODEL": model.bento_tag, "SERVING_WORKERS": str(args.workers)}
-    running["ours"] = serve_servers.start_ours(
-        service=args.service, env=ours_env, log_dir=log_dir, ready_timeout=args.ready_timeout
-    )
-    print(f"- ours ready in {running['ours'].ready_s:.2f} s ({running['ours'].url})")
-    if not args.skip_mlflow:
-        running["mlflow"] = serve_servers.start_mlflow(
+    if name == "ours":
+        ours_env = env | {"BENTO_MODEL": model.bento_tag, "SERVING_WORKERS": str(args.workers)}
+        server = serve_servers.start_ours(
+            service=args.service, env=ours_env, log_dir=log_dir, ready_timeout=args.ready_timeout
+        )
+    else:
+        server = serve_servers.start_mlflow(
             model_uri=model.uri,
             workers=args.workers,
             env=env,
             log_dir=log_dir,
             ready_timeout=args.ready_timeout,
         )
-        print(f"- MLflow ready in {running['mlflow'].ready_s:.2f} s ({running['mlflow'].url})")
+    print(
+        f"- {'ours' if name == 'ours' else 'MLflow'} ready in {server.ready_s:.2f} s ({server.url})"
+    )
+    return server
 
 
 @dataclass
@@ -310,19 +303,31 @@ def start_check_and_load(
     true_labels: np.ndarray | None,
     log_dir: Path,
 ) -> Outcome:
-    """Start both servers, check their answers, load each in turn; always stop them."""
-    running: dict[str, servers.Server] = {}
+    """Each server in turn, alone on the machine: start it, check its answers, load it, stop it.
+    Ours' answers are checked on their own before its cells; against MLflow's once both ran."""
     cells: list[serve_driver.Cell] = []
-    try:
-        start_servers(args, model, log_dir, running)
-        after_ready = {name: serve_servers.memory(server.pid) for name, server in running.items()}
-        checks, failures = probe(
-            running, requests, model=model, true_labels=true_labels, timeout_s=args.request_timeout
-        )
-        for line in checks + [f"FAILED {kind}: {why}" for kind, why in failures.items()]:
-            print(f"- check: {line}")
-        print()
-        for name, server in running.items():
+    ready: dict[str, float] = {}
+    after_ready: dict[str, dict[str, int]] = {}
+    answers: dict[tuple[str, str], list[int]] = {}
+    checks: list[str] = []
+    failures: dict[str, str] = {}
+    for name in ("ours",) if args.skip_mlflow else ("ours", "mlflow"):
+        server = start_server(name, args, model, log_dir)
+        try:
+            ready[name], after_ready[name] = server.ready_s, serve_servers.memory(server.pid)
+            found, failed = probe(name, server, requests[name], timeout_s=args.request_timeout)
+            answers |= found
+            lines, wrong = serve_payloads.check_answers(
+                answers, true_labels=true_labels, classes=model.classes
+            )
+            if name == "ours":
+                failures = failed | wrong
+                lines += oip_lines(server.url, model.name) if "oip" in requests["ours"] else []
+                lines += [f"FAILED {kind}: {why}" for kind, why in failures.items()]
+            for line in [line for line in lines if line not in checks]:
+                print(f"- check: {line}")
+                checks.append(line)
+            print()
             cells += serve_driver.measure(
                 name,
                 server,
@@ -334,11 +339,8 @@ def start_check_and_load(
                 failed={} if name == "mlflow" else failures,
                 report=lambda cell: print(serve_report.progress(cell), flush=True),
             )
-            # Stop each server once measured, so it cannot take CPU from the next one.
-            server.stop()
-    finally:
-        serve_servers.stop_all(running.values())
-    ready = {name: server.ready_s for name, server in running.items()}
+        finally:
+            serve_servers.stop_all([server])
     return Outcome(cells, ready, peak_memory(after_ready, cells), checks, failures)
 
 
@@ -364,7 +366,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"- each server runs {args.workers} worker process(es); the load generator (1 process,"
         f" asyncio + aiohttp) shares the {info['usable_cpus']} cores with the server under test;"
-        " MLflow's server idles while ours is measured, and ours is stopped before MLflow's is"
+        " each server runs alone: ours is started, checked, measured and stopped, then MLflow's"
     )
     log_dir = Path(tempfile.mkdtemp(prefix="serve_load-"))
     outcome = start_check_and_load(args, model, requests, true_labels, log_dir)

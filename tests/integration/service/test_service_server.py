@@ -71,6 +71,19 @@ def test_the_workers_run_onnxruntime_and_never_load_tensorflow(served) -> None:
         assert tensorflow == [], f"process {pid} maps {tensorflow[:3]}"
 
 
+def test_the_workers_serve_http_with_uvloop_and_httptools(served) -> None:
+    """uvicorn takes its compiled event loop and HTTP parser when they are installed, and falls
+    back to pure Python (twice the CPU per request) without a word when they are not."""
+    reply = httpx.get(f"{served.url}/livez", timeout=30)
+    assert reply.status_code == 200, reply.text
+    workers = served.workers()
+    assert workers, "no worker process found"
+    for pid in workers:
+        objects = mapped_objects(pid)
+        for package in ("uvloop", "httptools"):
+            assert [path for path in objects if f"/{package}/" in path], f"{pid}: no {package}"
+
+
 def test_loading_the_service_and_its_model_imports_no_tensorflow_or_keras(shape_store) -> None:
     """What a worker runs (the service module, the model opened and asked once) imports neither
     tensorflow nor keras."""
