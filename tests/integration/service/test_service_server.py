@@ -73,7 +73,7 @@ def test_the_workers_run_onnxruntime_and_never_load_tensorflow(served) -> None:
 
 def test_the_workers_serve_http_with_uvloop_and_httptools(served) -> None:
     """uvicorn takes its compiled event loop and HTTP parser when they are installed, and falls
-    back to pure Python (twice the CPU per request) without a word when they are not."""
+    back to pure Python (a third more CPU per request) without a word when they are not."""
     reply = httpx.get(f"{served.url}/livez", timeout=30)
     assert reply.status_code == 200, reply.text
     workers = served.workers()
