@@ -67,11 +67,13 @@ def _show_input(request: Request) -> bool:
 def _watched(endpoint: str, batch: np.ndarray, probabilities: np.ndarray) -> BackgroundTask:
     """The watch's record of an answer, written once the answer is on its way. A coroutine, so
     Starlette runs it in the event loop: a sync task would cost a hop to its thread pool, which
-    is more than the record itself."""
-    watch = _service().watch
+    is more than the record itself. A batch's rows go a step at a time (`record_in_steps`)."""
+    service = _service()
 
     async def record() -> None:
-        watch.record(endpoint, batch, probabilities)
+        await service.watch.record_in_steps(
+            endpoint, batch, probabilities, step=service.settings.batch_chunk_items
+        )
 
     return BackgroundTask(record)
 

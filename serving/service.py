@@ -23,7 +23,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator
 
-from serving import batching, deadline, failfast, preprocess, routes
+from serving import batching, deadline, failfast, pixels_json, preprocess, routes
 from serving.edge import Edge
 from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
@@ -47,6 +47,26 @@ def checked_pixels(pixels: Any) -> np.ndarray:
         raise ValueError(str(error)) from None
     keep_predict_inputs(batch)
     return batch
+
+
+class PredictInput(bentoml.IODescriptor):
+    """/predict's input. A plain JSON body is read a step of images at a time, so that the worker
+    answers other requests in between (serving.pixels_json); any other body as BentoML reads it."""
+
+    pixels: Annotated[Any, AfterValidator(checked_pixels)]
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> PredictInput:
+        if request.headers.get("content-type", "").startswith("application/json"):
+            settings = bentoml.get_current_service().settings
+            pixels = await pixels_json.pixels_in_steps(
+                await request.body(),
+                step=settings.batch_chunk_items,
+                max_items=settings.max_batch_items,
+            )
+            if pixels is not None:
+                return cls(pixels=pixels)
+        return await super().from_http_request(request, serde)
 
 
 @bentoml.service(
@@ -96,7 +116,12 @@ class Classifier:
     # BentoML answers 503 to a queued request once it has waited, or is predicted to wait, longer
     # than max_latency_ms: at 20 ms, eight concurrent clients on a busy 2-core CPU got a third of
     # their requests refused. It is a deadline for shedding load, not a delay added to requests.
-    @bentoml.api(batchable=True, max_batch_size=4096, max_latency_ms=DECLARED.batch_max_latency_ms)
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=4096,
+        max_latency_ms=DECLARED.batch_max_latency_ms,
+        input_spec=PredictInput,
+    )
     def predict(
         self, pixels: Annotated[Any, AfterValidator(checked_pixels)]
     ) -> Annotated[list[dict[str, Any]], Json]:

@@ -13,6 +13,7 @@ and a histogram of the confidence.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import json
@@ -118,6 +119,28 @@ class Watch:
         if self.pruner is not None:
             self.pruner.maybe_prune()
 
+    async def record_in_steps(
+        self,
+        endpoint: str,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        labels: np.ndarray | None = None,
+        *,
+        step: int,
+    ) -> None:
+        """`record`, `step` images at a time with a pause for the event loop between steps: a
+        batch's 256 rows hold the worker's interpreter ~5 ms in one go."""
+        for start in range(0, len(images), step):
+            part = slice(start, start + step)
+            self.record(
+                endpoint,
+                images[part],
+                probabilities[part],
+                None if labels is None else np.asarray(labels)[part],
+            )
+            if start + step < len(images):
+                await asyncio.sleep(0)
+
     def columns(
         self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
     ) -> dict[str, tuple[list[Any], str, str]]:
@@ -208,7 +231,7 @@ class PredictWatch:
                 body.extend(message.get("body", b""))
                 if not message.get("more_body", False):
                     try:
-                        _record_predict(kept, bytes(body))
+                        await _record_predict(kept, bytes(body))
                     except Exception:
                         log.exception("could not record the answer of %s", self.path)
 
@@ -234,9 +257,12 @@ def predict_answers(
     return images, probabilities, np.array([answer["label"] for answer in answers], dtype=int)
 
 
-def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
+async def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
     import bentoml
 
     answered = predict_answers(kept, body)
     if answered is not None:
-        bentoml.get_current_service().watch.record("predict", *answered)
+        service = bentoml.get_current_service()
+        await service.watch.record_in_steps(
+            "predict", *answered, step=service.settings.batch_chunk_items
+        )
