@@ -40,7 +40,8 @@ class Settings:
     # Fraction of predictions whose 28x28 model input the watch also records (0 = none, 1 = all).
     monitor_pixel_rate: float = 0.0
     # Most images per model call: larger batches are cut into calls of this many, so a single
-    # image never waits behind a whole batch (serving.batching).
+    # image never waits behind a whole batch (serving.batching); also the step in which the event
+    # loop reads /predict's JSON and records a batch (serving.pixels_json, Watch.record_in_steps).
     batch_chunk_items: int = 32
     # The watch's rotated daily record files older than this many days are removed (0: kept).
     monitor_keep_days: int = 30
