@@ -122,9 +122,7 @@ class Classifier:
         max_latency_ms=DECLARED.batch_max_latency_ms,
         input_spec=PredictInput,
     )
-    def predict(
-        self, pixels: Annotated[Any, AfterValidator(checked_pixels)]
-    ) -> Annotated[list[dict[str, Any]], Json]:
+    def predict(self, pixels: np.ndarray) -> Annotated[list[dict[str, Any]], Json]:
         """Classify a batch of (N, 28, 28) or (N, 784) pixels, uint8 0-255 or float 0-1.
 
         Requests are batched together adaptively; each gets back one answer per image it sent.

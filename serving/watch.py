@@ -130,13 +130,14 @@ class Watch:
     ) -> None:
         """`record`, `step` images at a time with a pause for the event loop between steps: a
         batch's 256 rows hold the worker's interpreter ~5 ms in one go."""
+        labels = None if labels is None else np.asarray(labels)
         for start in range(0, len(images), step):
             part = slice(start, start + step)
             self.record(
                 endpoint,
                 images[part],
                 probabilities[part],
-                None if labels is None else np.asarray(labels)[part],
+                None if labels is None else labels[part],
             )
             if start + step < len(images):
                 await asyncio.sleep(0)
