@@ -1,7 +1,7 @@
 """`python -m pipeline.sweep` on a real two-node Ray cluster: two network namespaces joined by a
 veth pair when the test runs as root, two loopback addresses otherwise (and it says so).
 
-Host A runs the head, the MLflow server and the driver; host B a second node; 1 CPU each. Five
+Host A runs the head, the MLflow server and the driver; host B a second node; 1 CPU each. Seven
 tiny trials, one of them with an activation Keras does not know (a real failure); once B has
 finished a trial and is in the middle of another, B's link is cut. The sweep must go on, record
 everything in MLflow and adopt the best trial with `--apply` as a DVC experiment.
@@ -26,7 +26,10 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the `scale` extra (Ray) is not installed")
 
 EPOCHS = 5
-ACTIVATIONS = ["relu", "tanh", "no_such_activation", "elu", "selu"]
+# The failing trial first, and seven in all: B must finish one and then be in the middle of
+# another. With five, B once got a good trial and then the failing one, which ends at once, while
+# A took the other three, and there was nothing on B left to cut.
+ACTIVATIONS = ["no_such_activation", "relu", "tanh", "elu", "selu", "gelu", "softplus"]
 SWEEP = {
     "trials": 1,
     "seed": 7,
