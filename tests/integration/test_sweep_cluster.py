@@ -28,8 +28,9 @@ pytest.importorskip("ray", reason="the `scale` extra (Ray) is not installed")
 EPOCHS = 5
 # The failing trial first, and seven in all: B must finish one and then be in the middle of
 # another. With five, B once got a good trial and then the failing one, which ends at once, while
-# A took the other three, and there was nothing on B left to cut.
-ACTIVATIONS = ["no_such_activation", "relu", "tanh", "elu", "selu", "gelu", "softplus"]
+# A took the other three, and there was nothing on B left to cut. Not gelu: tf2onnx cannot export
+# its Erfc, so `--apply` fails in evaluate when a gelu trial wins.
+ACTIVATIONS = ["no_such_activation", "relu", "tanh", "elu", "selu", "sigmoid", "softplus"]
 SWEEP = {
     "trials": 1,
     "seed": 7,
