@@ -114,8 +114,10 @@ npm:
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+# PYTEST_ARGS passes options to pytest (CI: --durations=15, the slowest tests).
+PYTEST_ARGS ?=
 test: npm install scale data postgres browser
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"

@@ -15,7 +15,7 @@ from pipeline import prepare
 from tests.support import registry, servers, synthetic
 from tests.support.workspace import Workspace, init_repository
 
-pytest_plugins = ["tests.support.strict_skips"]
+pytest_plugins = ["tests.support.strict_skips", "tests.support.leftovers"]
 
 SERVER_START_TIMEOUT = 120.0
 

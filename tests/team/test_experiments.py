@@ -8,13 +8,14 @@ registry version (none lost, none twice), and the aliases must agree with the pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
 import pytest
 
 from pipeline import registry
-from tests.support import project
+from tests.support import dvc_queue, project
 from tests.team.conftest import REGISTERED_MODEL, Project
 
 pytestmark = [pytest.mark.team, pytest.mark.slow]
@@ -24,21 +25,32 @@ QUEUE_TIMEOUT = 600.0
 
 
 def queue_experiments(trained: Project) -> dict[str, str]:
-    """Queue one experiment per seed, run them two at a time; {experiment name: queue log}."""
+    """Queue one experiment per seed, run them two at a time; {experiment name: queue log}.
+
+    The workers are ended here once the experiments are done (or on failure): a worker that
+    outlives its experiments is reported, not counted as a failed experiment.
+    """
     names = [f"seed-{seed}" for seed in SEEDS]
     for name, seed in zip(names, SEEDS, strict=True):
         trained.run(
             *("dvc", "exp", "run", "--queue", "--name", name),
             *("-S", f"train.models.mlp.fit.seed={seed}", "-S", f"train.models.cnn.fit.seed={seed}"),
         )
-    trained.run("dvc", "queue", "start", "-j", str(len(names)))
+    log = trained.root.parent / "dvc-queue.log"
     try:
+        dvc_queue.detached(
+            trained.root, "queue", "start", "-j", str(len(names)), env=trained.env, log=log
+        )
         status = wait_for_the_queue(trained)
     except BaseException:
-        # DVC's queue workers are detached: without this they would go on training and writing
-        # to the store after the test has failed.
-        trained.run("dvc", "queue", "stop", "--kill", timeout=120)
+        # Workers would otherwise go on training and writing to the store after the test failed.
+        with contextlib.suppress(Exception):
+            dvc_queue.detached(trained.root, "queue", "stop", "--kill", env=trained.env, log=log)
         raise
+    finally:
+        stuck = dvc_queue.end_workers(trained.root, trained.env, log=log)
+        if stuck:
+            print(dvc_queue.report(stuck))
     logs = {name: trained.run("dvc", "queue", "logs", name).stdout for name in names}
     for name in names:
         row = next((line for line in status.splitlines() if name in line), "")

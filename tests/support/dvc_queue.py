@@ -1,0 +1,117 @@
+"""DVC's experiment queue run by a test, and its workers ended by the test, whatever happens.
+
+`dvc queue start` spawns detached workers (`dvc exp queue-worker`) that keep the caller's stdout
+and stderr: a caller reading those through pipes waits until every worker exits. Here its output
+goes to a file instead. Workers exit by themselves once the queue is empty, but dvc-task 0.40's
+monitor can read a busy worker's missed reply as "nothing running" and send a shutdown that never
+takes effect; such a worker then sleeps for good after its last experiment. `end_workers` asks
+them to stop (`dvc queue stop`) and ends what is left by the pid DVC records for each worker
+(`.dvc/tmp/exps/celery/<worker>/<worker>.json`, its log beside it as `<worker>.out`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.project import BIN_DIR
+
+WORKERS_DIR = Path(".dvc") / "tmp" / "exps" / "celery"
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A queue worker as DVC recorded it."""
+
+    name: str
+    pid: int
+    log: Path
+
+    def alive(self) -> bool:
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+
+    def log_tail(self, characters: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-characters:]
+        except OSError:
+            return "(no log)"
+
+
+def detached(
+    root: Path, *command: str, env: Mapping[str, str], log: Path, timeout: float = 120
+) -> str:
+    """Run a DVC command that may leave detached processes, its output in `log` (appended) rather
+    than in pipes those processes would hold open; its output. AssertionError when it fails."""
+    with log.open("a") as out:
+        start = out.tell()
+        result = subprocess.run(
+            [str(BIN_DIR / "dvc"), *command],
+            cwd=root,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
+    text = log.read_text(errors="replace")[start:]
+    assert result.returncode == 0, f"dvc {' '.join(command)} exited {result.returncode}:\n{text}"
+    return text
+
+
+def workers(root: Path) -> list[Worker]:
+    """Every worker DVC has recorded in the project at `root` (running or not)."""
+    found = []
+    for info in sorted((root / WORKERS_DIR).glob("*/*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            pid = int(json.loads(info.read_text())["pid"])
+            found.append(Worker(info.stem, pid, info.with_suffix(".out")))
+    return found
+
+
+def end_workers(
+    root: Path, env: Mapping[str, str], *, log: Path, grace: float = 20.0
+) -> list[Worker]:
+    """Stop the queue's workers: `dvc queue stop`, then SIGTERM and SIGKILL by pid to those still
+    alive after `grace` seconds. The workers that had to be ended by pid."""
+    if not any(worker.alive() for worker in workers(root)):
+        return []
+    with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+        detached(root, "queue", "stop", env=env, log=log, timeout=60)
+    stuck = wait_for_exit(workers(root), grace)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for worker in stuck:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, sig)
+        if not wait_for_exit(stuck, 5.0):
+            break
+    return stuck
+
+
+def wait_for_exit(candidates: list[Worker], timeout: float) -> list[Worker]:
+    """Those of `candidates` still alive after up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [worker for worker in candidates if worker.alive()]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
+
+
+def report(stuck: list[Worker]) -> str:
+    """What to print about workers that had to be ended by pid."""
+    return "\n".join(
+        f"queue worker {worker.name} (pid {worker.pid}) did not exit after its experiments "
+        f"finished; ended by pid. Its log ends:\n{worker.log_tail()}"
+        for worker in stuck
+    )

@@ -1,0 +1,104 @@
+"""No test leaves a process behind: a session-level check (a pytest plugin).
+
+At start the session puts a marker in its own environment, which every process it starts
+inherits: servers, DVC's detached queue workers, Ray's daemons, Chromium. Processes that change
+their parent (daemons) or their session keep it. At the end, whatever still carries the marker,
+but for this process, is listed, ended (SIGTERM, then SIGKILL) and reported, and the session
+fails. Processes started with an environment of their own (not copied from this one) escape it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+MARKER = "MNIST_PIPELINE_TEST_SESSION"
+GRACE = 5.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An xdist worker or a nested pytest (tests that run pytest) keeps its parent's marker, so
+    # only the outermost session checks.
+    if MARKER not in os.environ:
+        os.environ[MARKER] = f"{os.getpid()}-{secrets.token_hex(4)}"
+        config.stash[_OWNER] = True
+
+
+_OWNER = pytest.StashKey[bool]()
+
+
+def marked_processes(marker: str) -> dict[int, str]:
+    """pid -> command line of every live process (zombies excluded) whose environment holds
+    `MARKER=marker`, this one and its ancestors excluded."""
+    needle = f"{MARKER}={marker}".encode()
+    excluded = ancestors(os.getpid())
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in excluded:
+            continue
+        with contextlib.suppress(OSError):
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found[int(entry.name)] = command.strip()[:200]
+    return found
+
+
+def ancestors(pid: int) -> set[int]:
+    """`pid` and its parents up to init."""
+    seen = set()
+    while pid > 0 and pid not in seen:
+        seen.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return seen
+
+
+def end(pids: list[int]) -> None:
+    """SIGTERM, up to GRACE seconds, then SIGKILL for what is left."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+        reap_children()
+        time.sleep(0.1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    reap_children()
+
+
+def reap_children() -> None:
+    """Collect our own children that have exited, so they do not linger as zombies."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not session.config.stash.get(_OWNER, False):
+        return
+    reap_children()
+    left = marked_processes(os.environ[MARKER])
+    if not left:
+        return
+    end(list(left))
+    lines = "\n".join(f"  pid {pid}: {command}" for pid, command in sorted(left.items()))
+    message = f"processes started by the tests were still running at the end (now ended):\n{lines}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

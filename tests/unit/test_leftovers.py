@@ -1,0 +1,81 @@
+"""A test session that leaves a process behind fails, naming it, and the process is ended."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support import leftovers, servers
+
+# The daemon double-forks into a session of its own (as DVC's queue workers do) and writes its
+# pid where the outer test can find it.
+LEAVING = """
+import os, subprocess, sys, time
+
+def test_starts_a_daemon(tmp_path):
+    code = "import os, time; open({pidfile!r}, 'w').write(str(os.getpid())); time.sleep(300)"
+    subprocess.Popen(
+        [sys.executable, "-c", code], start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    while not os.path.exists({pidfile!r}):
+        time.sleep(0.05)
+
+def test_cleans_up_after_itself():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+"""
+
+CLEAN = """
+import subprocess, sys
+
+def test_runs_a_child_to_its_end():
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+"""
+
+
+def run_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_leaving.py").write_text(source)
+    env = {k: v for k, v in os.environ.items() if k != leftovers.MARKER}
+    env["PYTHONPATH"] = str(servers.REPO_ROOT)
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *("-p", "tests.support.leftovers", str(tmp_path / "test_leaving.py")),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_process_left_behind_fails_the_session_and_is_ended(tmp_path) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    result = run_session(tmp_path, LEAVING.replace("{pidfile!r}", repr(str(pidfile))))
+    pid = int(pidfile.read_text())
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    assert "processes left behind" in result.stdout
+    assert f"pid {pid}: {sys.executable} -c import os, time" in result.stdout
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(pid), f"pid {pid} still running"
+
+
+def test_a_session_that_ends_its_processes_passes(tmp_path) -> None:
+    result = run_session(tmp_path, CLEAN)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "processes left behind" not in result.stdout
