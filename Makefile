@@ -62,7 +62,7 @@ scale: $(SCALE_STAMP)
 # `dvc plots show` pages with Vega inline (npm pack), so they render offline; .dvc/config names it.
 PLOTS_TEMPLATE := .dvc/plots/offline.html
 $(PLOTS_TEMPLATE): | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-	$(BIN)/python -m pipeline.offline_plots --out $@
+	$(BIN)/python -m pipeline.stages.offline_plots --out $@
 
 install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)) $(PLOTS_TEMPLATE)
 
@@ -139,7 +139,7 @@ ui: install
 serve: install
 	@mkdir -p .bentoml
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
-		$(BIN)/python -m serving.package --tag-file .bentoml/serving-tag
+		$(BIN)/python -m serving.tools.package --tag-file .bentoml/serving-tag
 	@echo "Try the model at http://127.0.0.1:$(PORT)/ui (API: http://127.0.0.1:$(PORT)/; predictions recorded under $${MONITOR_DIR:-monitoring}/)"
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
 		BENTO_MODEL="$$(cat .bentoml/serving-tag)" \

@@ -8,8 +8,8 @@ Builds each variant from the params file (untrained weights cost the same as tra
 mirror-averaged where `model.test_time_flip` asks and temperature-scaled, as `evaluate`
 registers it. Keras runs it traced (a tf.function of float32 (N, 28, 28) batches: the fastest
 way Keras has, and what the service ran before ONNX); ONNX Runtime runs its export
-(`pipeline.onnx_export`) and the int8 file quantized from it, in sessions set up as the service
-sets them up (`serving.model.open_session`). Each times calls of one image and of `--batch`
+(`pipeline.model.onnx_export`) and the int8 file quantized from it, in sessions set up as the
+service sets them up (`serving.model.open_session`). Each times calls of one image and of `--batch`
 images with the threads one serving worker gets (`--threads`; with SERVING_WORKERS=2 on 2 cores
 that is 1). Ratios: each runtime against Keras for the same variant (x faster), and each
 variant's Keras time against the first variant's.
@@ -48,7 +48,7 @@ def traced(model):
 
 def onnx_functions(model, folder: Path, *, threads: int, calibration: np.ndarray) -> dict:
     """The model's float32 ONNX export and its int8 quantization, as functions of images."""
-    from pipeline import onnx_export
+    from pipeline.model import onnx_export
     from serving.model import open_session
 
     fp32 = onnx_export.export(model, folder / onnx_export.FP32_FILE)
@@ -88,13 +88,16 @@ def cpu_milliseconds(function, images: np.ndarray) -> float:
 
 def served_models(variants: dict) -> dict:
     """Each variant as `evaluate` registers it: mirror-averaged where asked, then calibrated."""
-    from pipeline import calibration, models
+    from pipeline.model import architectures, calibration
 
     built = {
-        name: models.build(variant.model, num_classes=10) for name, variant in variants.items()
+        name: architectures.build(variant.model, num_classes=10)
+        for name, variant in variants.items()
     }
     served = {
-        name: models.mirror_averaged(built[name]) if variant.model.test_time_flip else built[name]
+        name: architectures.mirror_averaged(built[name])
+        if variant.model.test_time_flip
+        else built[name]
         for name, variant in variants.items()
     }
     return built, {name: calibration.calibrated_model(m, 1.2) for name, m in served.items()}

@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import config, datasets, idx
+from pipeline import config
+from pipeline.data import datasets, idx
 
 SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 SNEAKER, BAG = 7, 8
@@ -79,7 +80,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from pipeline import devices, train
+    from pipeline.model import devices
+    from pipeline.stages import train
 
     devices.import_tensorflow()
     params = config.load(args.params)

@@ -6,7 +6,7 @@ it, next to the result the source printed and to our defaults on the same data.
     python bench/seed_zoo.py --only-defaults --train-size 5000   # the defaults on small data
     python bench/seed_zoo.py --variants seed003_slp --seeds 10     # mean and spread of 10 seeds
 
-Training goes through `pipeline.train.train`, the function the `train` stage calls, on the
+Training goes through `pipeline.stages.train.train`, the function the `train` stage calls, on the
 pipeline's prepared splits (54,000 training / 6,000 validation images, stratified, as
 `prepare.val_fraction: 0.1` makes them); test accuracy is on the 10,000 test images. Seed 003 held
 out 10% for validation the same way; the MNIST sources (001, 004) trained on all 60,000 images and
@@ -37,7 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import cpu_name
-from pipeline import config, datasets, idx, prepare
+from pipeline import config
+from pipeline.data import datasets, idx
+from pipeline.stages import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -135,7 +137,7 @@ class Result:
 
 def train_variant(name: str, variant: config.VariantConfig, splits) -> Result:
     """Train one variant with the train stage's function; score it on test."""
-    from pipeline import train
+    from pipeline.stages import train
 
     train_split, val, test = splits["train"], splits["val"], splits["test"]
     started = time.perf_counter()

@@ -5,7 +5,7 @@
     python bench/serve_load.py --kinds single,batch --skip-mlflow --json out.json
     SERVING_WORKERS=2 python bench/serve_load.py --workers 2
 
-Packages the registry's champion into the BentoML store (`serving.package`), starts
+Packages the registry's champion into the BentoML store (`serving.tools.package`), starts
 `bentoml serve serving.service:Classifier` with `BENTO_MODEL=<tag>` and `mlflow models serve -m
 models:/<name>/<version> --env-manager local` (through tests/support/servers.py), both on
 127.0.0.1 with free ports and the same number of worker processes, one after the other so that
@@ -48,7 +48,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import machine, serve_driver, serve_payloads, serve_report, serve_servers
-from pipeline import registry
+from pipeline.champion import registry
 from tests.support import servers
 
 ROOT = servers.REPO_ROOT
@@ -183,7 +183,7 @@ def describe_machine() -> dict[str, Any]:
 
 def model_name(args: argparse.Namespace) -> str:
     """The registered model's name: --registered-model, REGISTERED_MODEL or params.yaml's."""
-    from serving import package
+    from serving.tools import package
 
     return args.registered_model or package.default_registered_model(args.params)
 
@@ -192,7 +192,7 @@ def resolve_model(name: str, alias: str) -> Model:
     """The version `alias` names, packaged into the BentoML store (once) for our service."""
     os.environ.setdefault("BENTOML_HOME", str(ROOT / ".bentoml"))
     from pipeline import tracking
-    from serving import package
+    from serving.tools import package
 
     tracking_uri = tracking.tracking_uri()
     started = time.perf_counter()

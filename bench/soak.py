@@ -347,8 +347,9 @@ def served_tag(args: argparse.Namespace) -> str:
     os.environ.setdefault("BENTOML_HOME", str(servers.REPO_ROOT / ".bentoml"))
     if args.bento_model:
         return args.bento_model
-    from pipeline import registry, tracking
-    from serving import package
+    from pipeline import tracking
+    from pipeline.champion import registry
+    from serving.tools import package
 
     name = args.registered_model or package.default_registered_model(
         servers.REPO_ROOT / "params.yaml"

@@ -65,7 +65,7 @@ def make_project(root: Path, args: argparse.Namespace) -> Path:
         [
             python,
             "-m",
-            "pipeline.download",
+            "pipeline.stages.download",
             "--params",
             "params.yaml",
             "--system-root",
@@ -76,7 +76,7 @@ def make_project(root: Path, args: argparse.Namespace) -> Path:
         [
             python,
             "-m",
-            "pipeline.prepare",
+            "pipeline.stages.prepare",
             "--params",
             "params.yaml",
             "--raw",

@@ -4,9 +4,9 @@
     python bench/train_throughput.py --options     # also time batch norm, bf16, batch size, XLA
 
 Both sides fit the same compiled model on the same data; the pipeline side goes through
-`pipeline.fitting.fit_model` (tf.data input, per-epoch callback) inside an MLflow run that logs
-every epoch to a throwaway SQLite store, as the train stage does. Prints images/s of each and the
-ratio (goal: >= 0.97, i.e. tracking and the rest cost under 3%).
+`pipeline.model.fitting.fit_model` (tf.data input, per-epoch callback) inside an MLflow run that
+logs every epoch to a throwaway SQLite store, as the train stage does. Prints images/s of each and
+the ratio (goal: >= 0.97, i.e. tracking and the rest cost under 3%).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import cpu_name
-from pipeline import config, datasets, idx
+from pipeline import config
+from pipeline.data import datasets, idx
 
 
 def load_images(count: int, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -48,9 +49,9 @@ def load_images(count: int, prepared: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def compiled_model(variant: config.VariantConfig, train_size: int, *, fused_batch_norm=True):
     """The variant as training builds it (fused batch norm), compiled."""
-    from pipeline import fitting, models
+    from pipeline.model import architectures, fitting
 
-    model = models.build(variant.model, num_classes=10, fused_batch_norm=fused_batch_norm)
+    model = architectures.build(variant.model, num_classes=10, fused_batch_norm=fused_batch_norm)
     fitting.compile_model(model, variant.fit, train_size=train_size)
     return model
 
@@ -58,7 +59,7 @@ def compiled_model(variant: config.VariantConfig, train_size: int, *, fused_batc
 def time_bare(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> float:
     """A plain `model.fit` on the pipeline's input (shuffled batches, no autotuning), without its
     callbacks and MLflow: what the ratio measures is what the pipeline adds to a fit."""
-    from pipeline import fitting
+    from pipeline.model import fitting
 
     data = fitting.training_data(x, y, fit)
     val = fitting.batched(x_val, y_val, fit.batch_size)
@@ -70,7 +71,7 @@ def time_bare(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> 
 def time_pipeline(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int) -> float:
     import mlflow
 
-    from pipeline import fitting
+    from pipeline.model import fitting
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         mlflow.log_metrics(
@@ -89,7 +90,7 @@ def time_pipeline(model, x, y, x_val, y_val, fit: config.FitConfig, epochs: int)
 def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
     import keras
 
-    from pipeline import fitting
+    from pipeline.model import fitting
 
     keras.utils.set_random_seed(0)
     fit = variant.fit
@@ -122,7 +123,7 @@ def compare(args, variant: config.VariantConfig, x, y, x_val, y_val) -> None:
 def set_policy(fit: config.FitConfig) -> bool:
     """The precision policy training would use for `fit` (`devices.configure`); False when
     mixed precision was asked for and this machine falls back to float32."""
-    from pipeline import devices
+    from pipeline.model import devices
 
     policy = devices.configure(mixed_precision=fit.mixed_precision)["precision_policy"]
     return policy != "float32" or not fit.mixed_precision
@@ -132,7 +133,7 @@ def options(args, variant: config.VariantConfig, x, y) -> None:
     """Images/s of a bare fit under each speed option, against the variant's own settings."""
     import keras
 
-    from pipeline import fitting
+    from pipeline.model import fitting
 
     base = variant.fit
     # (label, fit settings changed, fused batch norm as training builds it)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
-from pipeline import datasets
-from pipeline.sweep_config import SweepConfig
+from pipeline.data import datasets
 from pipeline.typed import ConfigError, build
 
 # A switch whose default depends on the data: `auto` is resolved when the params are loaded.
@@ -145,7 +144,7 @@ class FitConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     # `mirrored`: one fit over several devices of this machine (tf.distribute.MirroredStrategy):
-    # every visible GPU, or `logical_cpu_devices` CPU devices when set (pipeline.distribute).
+    # every visible GPU, or `logical_cpu_devices` CPU devices when set (pipeline.model.distribute).
     distribute: Literal["none", "mirrored"] = "none"
     logical_cpu_devices: int = 0
 
@@ -187,7 +186,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Int8Config:
     """Section `evaluate.int8`: when the statically quantized ONNX file is served instead of the
-    float32 one (`pipeline.onnx_export`). Both are always built and registered."""
+    float32 one (`pipeline.model.onnx_export`). Both are always built and registered."""
 
     # auto: serve int8 when it keeps the answers (below); fp32: always serve the float32 file.
     serve: Literal["auto", "fp32"] = "auto"
@@ -265,8 +264,8 @@ class DriftChecks:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Section `monitor`: the drift report of the served predictions (`serving.monitor`), which
-    no DVC stage runs."""
+    """Section `monitor`: the drift report of the served predictions (`serving.tools.monitor`),
+    which no DVC stage runs."""
 
     # Fewer predictions than this get a "not enough data" answer instead of a verdict.
     min_predictions: int = 100
@@ -288,8 +287,9 @@ class Params:
     train: TrainConfig | None = None
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
-    # Not a DVC stage: `python -m pipeline.sweep` (Ray Tune); pipeline.sweep_config.
-    sweep: SweepConfig = field(default_factory=SweepConfig)
+    # Not a DVC stage: `python -m pipeline.sweep` (Ray Tune) checks and reads this section
+    # (pipeline.sweep.settings.of). No stage does, so editing the sweep leaves them up to date.
+    sweep: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # `auto` mirroring becomes what the data allows, so every stage sees plain booleans.

@@ -183,7 +183,7 @@ class VariantMetrics:
     test_macro_f1: float
     test_loss: float
     val_loss: float
-    # Temperature scaling (pipeline.calibration): T fitted on validation, its effect on test.
+    # Temperature scaling (pipeline.model.calibration): T fitted on validation, its effect on test.
     temperature: float
     test_ece: float
     test_ece_calibrated: float

@@ -2,7 +2,7 @@
 
 `train` draws the training curves; `evaluate` the confusion matrix, the most confidently wrong
 test images and the reliability diagram. Drawing only: the numbers come from the stages and
-`pipeline.calibration`. matplotlib is imported by each function (it costs a second).
+`pipeline.model.calibration`. matplotlib is imported by each function (it costs a second).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def confusion_figure(confusion: np.ndarray, class_names: tuple[str, ...], title:
 
 def misclassified_figure(images, labels, scores: Any, class_names, *, count: int, title: str):
     """A grid of the most confidently wrong test images, labelled predicted vs true (`scores`:
-    their `predictions` and `probabilities`, a `pipeline.evaluate.Scores`)."""
+    their `predictions` and `probabilities`, a `pipeline.stages.evaluate.Scores`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +92,7 @@ def misclassified_figure(images, labels, scores: Any, class_names, *, count: int
 
 def reliability_figure(curves: Sequence[Any], *, title: str):
     """Reliability diagram: accuracy against confidence per bin for each curve (before and after
-    scaling, `pipeline.calibration.reliability_curves`), with the share of images in each bin
+    scaling, `pipeline.model.calibration.reliability_curves`), with the share of images in each bin
     below."""
     import matplotlib
 

@@ -61,8 +61,8 @@ def registry_lock() -> Iterator[None]:
     `dvc queue start -j N` runs N `evaluate` stages at once, each in a temporary copy; without
     the lock two of them could both read the old champion and the worse one move the alias last.
     The lock file is in the main workspace's `.dvc/tmp/`, which the copies share (project_root).
-    Machines sharing one tracking server do not share it: `pipeline.promotion` settles those.
-    """
+    Machines sharing one tracking server do not share it: `pipeline.champion.promotion` settles
+    those."""
     import fcntl
 
     root = project_root()

@@ -16,7 +16,8 @@ from serving import preprocess
 
 # Under `bentoml.`, so BentoML shows these lines in the server log (it shows its own loggers).
 log = logging.getLogger("bentoml.serving")
-# The BentoML model's files (`serving.package` writes them; `info["onnx"]` says which is served).
+# The BentoML model's files (`serving.tools.package` writes them; `info["onnx"]` says which is
+# served).
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -29,7 +30,7 @@ def served_file(info: dict[str, Any]) -> str:
 
 @dataclass
 class ServedModel:
-    """A loaded classifier with what the registry recorded about it (`serving.package`)."""
+    """A loaded classifier with what the registry recorded about it (`serving.tools.package`)."""
 
     info: dict[str, Any]
     class_names: tuple[str, ...]

@@ -80,7 +80,8 @@ class PredictInput(bentoml.IODescriptor):
 )
 @bentoml.asgi_app(routes.app(), path="/")
 class Classifier:
-    """Serves one BentoML model made by `serving.package` from the MLflow registry's champion."""
+    """Serves one BentoML model made by `serving.tools.package` from the MLflow registry's
+    champion."""
 
     model_ref = bentoml.models.BentoModel(DECLARED.model_tag)
 

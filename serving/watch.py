@@ -4,8 +4,8 @@ Records go through BentoML's monitoring API (`bentoml.monitor`): by default JSON
 `<MONITOR_DIR>/predictions/data/`, one file per worker; a BentoML configuration can ship them to
 OTLP instead. One row per image: time, request id, endpoint, model name and version, predicted
 class, confidence and cheap input statistics (`input_statistics`); the 28x28 input itself only
-for a sampled fraction (`MONITOR_PIXEL_RATE`, default 0). `python -m serving.monitor` reads the
-rows back and compares them with the test split.
+for a sampled fraction (`MONITOR_PIXEL_RATE`, default 0). `python -m serving.tools.monitor` reads
+the rows back and compares them with the test split.
 
 Prometheus counters sit next to BentoML's own at `/metrics`: predictions by endpoint and class,
 and a histogram of the confidence.

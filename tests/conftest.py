@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import prepare
+from pipeline.stages import prepare
 from tests.support import registry, servers, synthetic
 from tests.support.workspace import Workspace, init_repository
 
@@ -115,10 +115,10 @@ def tracking_store(
 @pytest.fixture(scope="session")
 def untrained_model():
     """A tiny untrained Keras MLP over 28x28 images with 10 classes (its outputs are fixed)."""
-    from pipeline import models
     from pipeline.config import ModelConfig
+    from pipeline.model import architectures
 
-    return models.build_mlp(ModelConfig(architecture="mlp"), num_classes=10)
+    return architectures.build_mlp(ModelConfig(architecture="mlp"), num_classes=10)
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_repro_then_serve_the_champion(tmp_path):
     assert set(evaluation.variants) == set(TINY_MODELS)
 
     packaged = subprocess.run(
-        [sys.executable, "-m", "serving.package"],
+        [sys.executable, "-m", "serving.tools.package"],
         cwd=project,
         env=environment,
         capture_output=True,

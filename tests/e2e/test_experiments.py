@@ -17,7 +17,9 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline import contracts, offline_plots, registry
+from pipeline import contracts
+from pipeline.champion import registry
+from pipeline.stages import offline_plots
 from tests.support import chromium, project, servers
 
 pytestmark = pytest.mark.slow
@@ -138,7 +140,7 @@ def test_dvc_plots_render_offline_with_the_local_vega_template(experiments, tmp_
         pytest.skip("npm is not installed: the template falls back to DVC's CDN page")
     # What `make install` does in the project: Vega, Vega-Lite and Vega-Embed inline.
     template = copy / ".dvc" / "plots" / "offline.html"
-    project.run(copy, "python", "-m", "pipeline.offline_plots", f"--out={template}", env=env)
+    project.run(copy, "python", "-m", "pipeline.stages.offline_plots", f"--out={template}", env=env)
     offline = tmp_path / "offline"
     project.run(copy, "dvc", "plots", "diff", "short", "long", "-o", str(offline), env=env)
     page = (offline / "index.html").read_text()

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contracts, download, prepare
+from pipeline import contracts
+from pipeline.stages import download, prepare
 
 SYSTEM_FASHION = download.SYSTEM_ROOT / "fashion-mnist"
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, onnx_export, train
+from pipeline import config
+from pipeline.model import onnx_export
+from pipeline.stages import train
 from serving.model import ServedModel
 from tests.support.workspace import TINY_VARIANTS, Workspace
 
@@ -36,7 +38,13 @@ def test_mirrored_fit_on_two_logical_cpus_saves_a_model_that_loads_and_serves(
     params = {"train": {"variants": ["cnn"], "models": models}}
     (workspace.root / "params.yaml").write_text(yaml.safe_dump(params))
     out = workspace.root / "models" / "cnn"
-    command = [sys.executable, "-m", "pipeline.train", "--params=params.yaml", "--variant=cnn"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.train",
+        "--params=params.yaml",
+        "--variant=cnn",
+    ]
     command += [f"--data={prepared}", f"--out={out}", "--metrics=m.json", "--plots=p.csv"]
     result = subprocess.run(
         command,

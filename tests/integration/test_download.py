@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, contracts, datasets, download, idx, io
+from pipeline import config, contracts, io
+from pipeline.data import datasets, idx
+from pipeline.stages import download
 from tests.support import servers, synthetic
 
 ROLES = tuple(datasets.FILES)

@@ -24,17 +24,10 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import (
-    calibration,
-    contracts,
-    evaluate,
-    handoff,
-    onnx_export,
-    registry,
-    scoring,
-    tracking,
-    train,
-)
+from pipeline import contracts, tracking
+from pipeline.champion import handoff, registry, scoring
+from pipeline.model import calibration, onnx_export
+from pipeline.stages import evaluate, train
 from tests.support import synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
@@ -79,10 +72,10 @@ def run_stages(root: Path, variants: tuple[str, ...]) -> list[str]:
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
     for variant in variants:
         command = stages["train"]["do"]["cmd"].replace("${item}", variant)
-        train.main(stage_argv(command, "pipeline.train"))
+        train.main(stage_argv(command, "pipeline.stages.train"))
         for path in declared_paths(stages["train"]["do"]):
             assert (root / path.replace("${item}", variant)).exists(), path
-    evaluate_argv = stage_argv(stages["evaluate"]["cmd"], "pipeline.evaluate")
+    evaluate_argv = stage_argv(stages["evaluate"]["cmd"], "pipeline.stages.evaluate")
     evaluate.main(evaluate_argv)
     for path in declared_paths(stages["evaluate"]):
         assert (root / path).exists(), path
@@ -252,7 +245,9 @@ def trained_mlp(root: Path, prepared: Path) -> dict:
     (root / "data" / "prepared").symlink_to(prepared)
     write_params(root / "params.yaml", variants=("mlp",))
     stages = yaml.safe_load(DVC_YAML.read_text())["stages"]
-    train.main(stage_argv(stages["train"]["do"]["cmd"].replace("${item}", "mlp"), "pipeline.train"))
+    train.main(
+        stage_argv(stages["train"]["do"]["cmd"].replace("${item}", "mlp"), "pipeline.stages.train")
+    )
     return stages
 
 
@@ -266,7 +261,7 @@ def test_evaluate_refuses_a_run_json_that_breaks_its_contract(
     data["runid"] = data.pop("run_id")  # a key renamed in one stage and not the other
     run_json.write_text(json.dumps(data))
     with pytest.raises(contracts.ContractError, match=r"run\.json: unknown key\(s\) \['runid'\]"):
-        evaluate.main(stage_argv(stages["evaluate"]["cmd"], "pipeline.evaluate"))
+        evaluate.main(stage_argv(stages["evaluate"]["cmd"], "pipeline.stages.evaluate"))
     assert not (root / "models" / "champion.json").exists()
 
 
@@ -330,8 +325,8 @@ def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
     run_id = contracts.TrainedRun.read(root / "models" / "mlp" / "run.json").run_id
     client = mlflow.MlflowClient(sqlite_store)
     before = client.get_run(run_id).info
-    command = [sys.executable, "-m", "pipeline.evaluate"]
-    command += stage_argv(stages["evaluate"]["cmd"], "pipeline.evaluate")
+    command = [sys.executable, "-m", "pipeline.stages.evaluate"]
+    command += stage_argv(stages["evaluate"]["cmd"], "pipeline.stages.evaluate")
     environment = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": sqlite_store}
     process = subprocess.Popen(
         command, cwd=root, env=environment, stderr=subprocess.PIPE, text=True

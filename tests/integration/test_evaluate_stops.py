@@ -27,11 +27,11 @@ NAME = "synthetic-classifier"
 
 
 class Stage:
-    """`python -m pipeline.evaluate` in `root`, its standard error read as it comes."""
+    """`python -m pipeline.stages.evaluate` in `root`, its standard error read as it comes."""
 
     def __init__(self, root: Path, stages: dict, tracking_uri: str) -> None:
-        command = [sys.executable, "-m", "pipeline.evaluate"]
-        command += stage_argv(stages["evaluate"]["cmd"], "pipeline.evaluate")
+        command = [sys.executable, "-m", "pipeline.stages.evaluate"]
+        command += stage_argv(stages["evaluate"]["cmd"], "pipeline.stages.evaluate")
         environment = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": tracking_uri}
         self.process = subprocess.Popen(
             command, cwd=root, env=environment, stderr=subprocess.PIPE, text=True

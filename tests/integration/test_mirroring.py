@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import config, contracts, prepare, tracking, train
+from pipeline import config, contracts, tracking
+from pipeline.stages import prepare, train
 from tests.support import chiral
 from tests.support.workspace import TINY_VARIANTS, Workspace, write_params
 
@@ -94,7 +95,7 @@ def test_the_train_stage_warns_and_tags_the_run_when_digits_are_mirrored(
     path.write_text(yaml.safe_dump(params))
     assert TINY_VARIANTS["cnn"]["fit"]["augment_flip"] is True
     out = workspace.root / "models" / "cnn"
-    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.train"):
         train.main(
             [
                 f"--params={path}",

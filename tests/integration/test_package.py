@@ -1,7 +1,8 @@
-"""`serving.package`: the registry's champion into the BentoML store, once, with its provenance.
+"""`serving.tools.package`: the registry's champion into the BentoML store, once, with its
+provenance.
 
 A real MLflow registry (SQLite under a temporary folder) holds two versions of a tiny Keras model,
-registered with the tags `pipeline.evaluate` sets; each test gets an empty BentoML store.
+registered with the tags `pipeline.stages.evaluate` sets; each test gets an empty BentoML store.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import onnx_export
-from pipeline.registry import VersionTags
-from serving import package
+from pipeline.champion.registry import VersionTags
+from pipeline.model import onnx_export
+from serving.tools import package
 from tests.support import bento, shapes
 from tests.support.shapes import SHAPES
 
@@ -44,8 +45,8 @@ class Registry:
 
 
 def evaluate_tags(*, dataset: str, run_id: str, metrics: dict[str, float]) -> dict[str, str]:
-    """Tags as `pipeline.evaluate` puts them on a registered version (content_size left out, as
-    on versions registered before it existed: packaging derives it from the dataset)."""
+    """Tags as `pipeline.stages.evaluate` puts them on a registered version (content_size left
+    out, as on versions registered before it existed: packaging derives it from the dataset)."""
     return VersionTags(
         variant="mlp",
         dataset=dataset,
@@ -143,7 +144,7 @@ def test_package_imports_the_champion_with_its_provenance(
     assert metadata["git_commit"] == "1" * 40 and metadata["data_sha256"] == "0" * 64
     assert stored.info.labels == {"alias": "champion", "dataset": "mnist", "variant": "mlp"}
     # v1 was registered with its Keras model only: packaging exported it and says so.
-    assert metadata["onnx"]["exported_by"] == "serving.package"
+    assert metadata["onnx"]["exported_by"] == "serving.tools.package"
     assert metadata["onnx"]["files"] == ["model.onnx"]
 
 

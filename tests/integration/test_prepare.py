@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import contracts, idx, prepare
+from pipeline import contracts
+from pipeline.data import idx
+from pipeline.stages import prepare
 from tests.support import synthetic
 
 

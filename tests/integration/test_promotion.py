@@ -1,9 +1,9 @@
-"""`pipeline.promotion` against a real SQLite registry: evaluations that read the same old
+"""`pipeline.champion.promotion` against a real SQLite registry: evaluations that read the same old
 champion, in an order that would leave the worse one champion, still end on the best."""
 
 from __future__ import annotations
 
-from pipeline import registry
+from pipeline.champion import registry
 from tests.support.registry import Registry
 
 

@@ -1,4 +1,5 @@
-"""`pipeline.registry` against a real SQLite MLflow store: versions, aliases, the promotion gate."""
+"""`pipeline.champion.registry` against a real SQLite MLflow store: versions, aliases, the
+promotion gate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import registry
+from pipeline.champion import registry
 from tests.support.registry import NAME, Registry
 
 

@@ -24,8 +24,10 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import config, contracts, devices, fitting, io, models, prepare, train
+from pipeline import config, contracts, io
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
+from pipeline.model import architectures, devices, fitting
+from pipeline.stages import prepare, train
 from tests.support import synthetic
 from tests.support.workspace import DATASET, TINY_VARIANTS, Workspace, git, write_params
 
@@ -34,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run_train(workspace: Workspace, prepared: Path, variant: str = "mlp") -> dict[str, Path]:
-    """`python -m pipeline.train` with the paths dvc.yaml gives it, inside the workspace."""
+    """`python -m pipeline.stages.train` with the paths dvc.yaml gives it, inside the workspace."""
     paths = {
         "params": write_params(workspace.root / "params.yaml"),
         "out": workspace.root / "models" / variant,
@@ -207,7 +209,7 @@ def test_fitting_on_the_learnable_synthetic_task_lowers_the_loss(config):
     (x_train, y_train), (x_val, y_val) = split(200, seed=1), split(50, seed=2)
     fit = FitConfig(learning_rate=0.01, batch_size=32, epochs=3, seed=0)
     keras.utils.set_random_seed(fit.seed)
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     fitting.compile_model(model, fit, train_size=len(x_train))
     seen = []
     history = fitting.fit_model(
@@ -444,7 +446,13 @@ def test_a_stopped_training_ends_its_run_as_killed(
     """A CI timeout (SIGTERM) or Ctrl-C (SIGINT) to a real stage process mid-training."""
     endless = {"mlp": TINY_VARIANTS["mlp"] | {"fit": TINY_VARIANTS["mlp"]["fit"] | {"epochs": 500}}}
     write_params(workspace.root / "params.yaml", variants=["mlp"], models=endless)
-    command = [sys.executable, "-m", "pipeline.train", "--params=params.yaml", "--variant=mlp"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.train",
+        "--params=params.yaml",
+        "--variant=mlp",
+    ]
     command += [f"--data={prepared}", "--out=models/mlp", "--metrics=m.json", "--plots=p.csv"]
     environment = os.environ | {"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": sqlite_store}
     process = subprocess.Popen(

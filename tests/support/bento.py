@@ -1,4 +1,4 @@
-"""A BentoML model store under a test folder, filled the way `serving.package` fills one."""
+"""A BentoML model store under a test folder, filled the way `serving.tools.package` fills one."""
 
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def bentoml_home(home: Path) -> Iterator[Path]:
 
 
 def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str = "1") -> str:
-    """Save a Keras model into the current BentoML store the way `serving.package` lays it out:
-    its ONNX export as the served file."""
+    """Save a Keras model into the current BentoML store the way `serving.tools.package` lays
+    it out: its ONNX export as the served file."""
     name = tag.split(":")[0]
     metadata = {
         "registered_model": name,
@@ -48,12 +48,12 @@ def store_model(model, tag: str, *, class_names: tuple[str, ...], version: str =
 def store_keras_model(model, tag: str, *, metadata: dict) -> str:
     """Save a Keras model's ONNX export into the current BentoML store as `tag` with `metadata`
     (which `serving.model.ServedModel` reads: registered_model, version, class_names,
-    content_size...) and the file's description, as `serving.package` does."""
+    content_size...) and the file's description, as `serving.tools.package` does."""
     import tempfile
 
     import bentoml
 
-    from pipeline import onnx_export
+    from pipeline.model import onnx_export
 
     with tempfile.TemporaryDirectory() as scratch:
         path = onnx_export.export(model, Path(scratch) / onnx_export.FP32_FILE)

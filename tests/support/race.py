@@ -58,7 +58,7 @@ def model_with_accuracy(correct: int):
 
 def evaluation(accuracy: float):
     """What `evaluate` would have measured for a model of this test accuracy."""
-    from pipeline import scoring
+    from pipeline.champion import scoring
 
     metrics = contracts.VariantMetrics(
         test_accuracy=accuracy,
@@ -108,7 +108,8 @@ def log_models(label: str, corrects: list[int]) -> list[contracts.TrainedRun]:
 
 def register_and_promote(client, run: contracts.TrainedRun, correct: int, name: str):
     """The stage's registration of one model, as `evaluate.run_stage` does it."""
-    from pipeline import config, handoff, tracking
+    from pipeline import config, tracking
+    from pipeline.champion import handoff
 
     with tracking.registry_lock():
         return handoff.register_chosen(

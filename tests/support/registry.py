@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import registry
+from pipeline.champion import promotion, registry
 
 NAME = "tiny-classifier"
 
@@ -37,9 +37,10 @@ class Registry:
         min_improvement: float = 0.0,
         tags: registry.VersionTags | None = None,
     ) -> registry.Registration:
-        """`pipeline.registry.register` of `run` as a version scoring `accuracy` on test."""
+        """`pipeline.champion.promotion.register` of `run` as a version scoring `accuracy` on
+        test."""
         run_id, model_uri = run
-        return registry.register(
+        return promotion.register(
             self.client,
             name=self.name,
             run_id=run_id,

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import contracts, datasets, idx
+from pipeline import contracts
+from pipeline.data import datasets, idx
 
 CLASS_NAMES = tuple(f"class_{index}" for index in range(10))
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline import registry
+from pipeline.champion import registry
 from tests.support import dvc_queue, project
 from tests.team.conftest import REGISTERED_MODEL, Project
 

@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from pipeline import contracts, registry
+from pipeline import contracts
+from pipeline.champion import registry
 from tests.support import servers
 from tests.team.conftest import REGISTERED_MODEL, Project, TeamServer
 
@@ -90,7 +91,7 @@ def test_package_and_serve_the_champion_from_the_server(
     trained_project: Project, team_server: TeamServer, tmp_path
 ):
     champion = registry.version_by_alias(team_server.client(), REGISTERED_MODEL, registry.CHAMPION)
-    packaged = trained_project.run(sys.executable, "-m", "serving.package", timeout=300)
+    packaged = trained_project.run(sys.executable, "-m", "serving.tools.package", timeout=300)
     tag = packaged.stdout.strip().splitlines()[-1]
     assert tag == f"{REGISTERED_MODEL}:v{champion.version}"
 

@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import calibration, figures, models
+from pipeline import figures
 from pipeline.config import ConvBlockConfig, ModelConfig
+from pipeline.model import architectures, calibration
 
 
 def synthetic_scores(confidence_scale: float, *, count: int = 6000, seed: int = 0):
@@ -81,9 +82,9 @@ def test_calibrated_keras_model_serves_what_the_numbers_say(tmp_path, output_act
         batch_norm=True,
         output_activation=output_activation,
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     if mirrored:
-        model = models.mirror_averaged(model)
+        model = architectures.mirror_averaged(model)
     images = np.random.default_rng(5).random((32, 28, 28), dtype=np.float32)
     outputs = np.asarray(model(images))
     log_scores = np.asarray(calibration.log_scores_model(model)(images))
@@ -96,7 +97,7 @@ def test_calibrated_keras_model_serves_what_the_numbers_say(tmp_path, output_act
     calibration.calibrated_model(model, temperature).save(path)
     # What serving does: a plain load, no custom objects.
     served = keras.saving.load_model(path, compile=False)
-    assert served.layers[-1].name == models.HEAD and served.output_shape == (None, 10)
+    assert served.layers[-1].name == architectures.HEAD and served.output_shape == (None, 10)
     np.testing.assert_allclose(
         np.asarray(served(images)), calibration.softmax(log_scores, temperature), atol=1e-5
     )

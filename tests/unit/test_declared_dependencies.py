@@ -3,14 +3,14 @@
 A package that only arrives as someone else's dependency can vanish with that package's next
 release. Two sides: the service (every module `serving.service` imports, directly or in a
 function) may use only `[project] dependencies` and the `serve` extra, so that `.[serve]` serves
-without TensorFlow; the rest of the runtime code (pipeline/, serving.package, serving.monitor,
+without TensorFlow; the rest of the runtime code (pipeline/, serving.tools.package,
+serving.tools.monitor,
 bench/) may also use `train`, the TensorFlow extras and `scale` (Ray, for `pipeline.sweep` only:
 `dvc repro` never imports it); tests may also use `dev` and `team`.
 """
 
 from __future__ import annotations
 
-import ast
 import sys
 import tomllib
 from importlib import metadata
@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.support import imports
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL = {"pipeline", "serving", "tests", "bench"}
@@ -36,27 +38,6 @@ def declared(*extras: str) -> set[str]:
     return allowed - {canonicalize_name(PROJECT["name"])}
 
 
-def imports_of(path: Path) -> list[str]:
-    """Every absolute import in the file at `path`, at any depth (function-level ones too)."""
-    modules = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            modules.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            modules.append(node.module)
-            # `from serving import model` imports serving.model.
-            modules.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    return modules
-
-
-def module_file(module: str) -> Path | None:
-    """The file of a module of this repository, or None."""
-    for candidate in (REPO / (module.replace(".", "/") + ".py"), REPO / module / "__init__.py"):
-        if module.split(".")[0] in LOCAL and candidate.is_file():
-            return candidate
-    return None
-
-
 def service_files() -> list[Path]:
     """The files of every local module `serving.service` imports, itself and transitively."""
     seen, queue = set(), [REPO / "serving" / "service.py"]
@@ -65,7 +46,7 @@ def service_files() -> list[Path]:
         if path in seen:
             continue
         seen.add(path)
-        queue.extend(f for f in map(module_file, imports_of(path)) if f is not None)
+        queue.extend(f for f in map(imports.module_file, imports.imports_of(path)) if f is not None)
     return sorted(seen)
 
 
@@ -73,7 +54,7 @@ def top_level_imports(paths: list[Path]) -> dict[str, str]:
     """{top-level module: a file importing it} for absolute imports in `paths`."""
     found: dict[str, str] = {}
     for path in paths:
-        for module in imports_of(path):
+        for module in imports.imports_of(path):
             found.setdefault(module.split(".")[0], str(path.relative_to(REPO)))
     return found
 
@@ -100,8 +81,10 @@ def test_the_service_imports_only_what_the_serve_extra_installs():
     files = service_files()
     assert REPO / "serving" / "model.py" in files and REPO / "serving" / "routes.py" in files
     assert undeclared(files, declared("serve")) == []
-    # Nor any module of the training side, which would bring TensorFlow in with it.
-    assert not [path for path in files if path.parent.name == "pipeline"], files
+    # Nor any module of the training side, which would bring TensorFlow in with it, nor the
+    # offline tools (serving/tools/), which the bento leaves out.
+    for folder in (REPO / "pipeline", REPO / "serving" / "tools"):
+        assert not [path for path in files if folder in path.parents], files
 
 
 def requirement_closure(extras: set[str]) -> set[str]:

@@ -15,30 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support import imports
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "pipeline"
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Dotted names of the `pipeline` modules that the file at `path` imports, anywhere in it."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # `from pipeline import io` imports pipeline.io; `from pipeline.io import x` too.
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in found if name.split(".")[0] == PACKAGE and module_file(name)}
-
-
-def module_file(name: str) -> Path | None:
-    path = REPO.joinpath(*name.split("."))
-    if path.with_suffix(".py").is_file():
-        return path.with_suffix(".py")
-    if (path / "__init__.py").is_file():
-        return path / "__init__.py"
-    return None
 
 
 def import_closure(module: str) -> set[Path]:
@@ -50,8 +30,8 @@ def import_closure(module: str) -> set[Path]:
         if name in seen:
             continue
         seen.add(name)
-        pending += imported_modules(module_file(name))
-    files = {module_file(name) for name in seen}
+        pending += imports.local_imports(imports.module_file(name), (PACKAGE,))
+    files = {imports.module_file(name) for name in seen}
     return {path for path in files if path.name != "__init__.py" or code_in(path)}
 
 
@@ -92,6 +72,11 @@ def test_stage_depends_on_exactly_the_modules_it_imports(name):
 
 
 def test_the_closure_follows_lazy_imports(tmp_path):
-    # pipeline.train imports pipeline.models only inside train(): the closure still has it.
-    assert REPO / "pipeline" / "models.py" in import_closure("pipeline.train")
-    assert REPO / "pipeline" / "prepare.py" not in import_closure("pipeline.train")
+    # pipeline.stages.train imports pipeline.model.architectures only inside train(): the closure
+    # still has it.
+    assert REPO / "pipeline" / "model" / "architectures.py" in import_closure(
+        "pipeline.stages.train"
+    )
+    assert REPO / "pipeline" / "stages" / "prepare.py" not in import_closure(
+        "pipeline.stages.train"
+    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import contracts, scoring
+from pipeline import contracts
+from pipeline.champion import scoring
 
 
 def val(accuracy: float, loss: float, *, test_accuracy=0.5, test_loss=1.0):

@@ -1,4 +1,4 @@
-"""pipeline.idx: IDX bytes <-> ndarray, and clear errors for malformed files."""
+"""pipeline.data.idx: IDX bytes <-> ndarray, and clear errors for malformed files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline import idx
+from pipeline.data import idx
 
 DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64]
 SHAPES = [(7,), (3, 4), (2, 28, 28), (0, 5)]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import models
 from pipeline.config import ConvBlockConfig, ModelConfig
-from pipeline.layers import FusedBatchNormalization
+from pipeline.model import architectures
+from pipeline.model.layers import FusedBatchNormalization
 
 
 # mixed_float16 is what a GPU trains in; its kernel there is cuDNN's, here the CPU's.
@@ -113,8 +113,8 @@ def test_what_the_kernel_cannot_do_goes_through_the_stock_code(options):
 )
 def test_a_model_built_for_training_holds_the_stock_models_weights(config):
     """Only the batch-norm class differs, so weights copy across both ways, in order."""
-    stock = models.build(config, num_classes=10)
-    fused = models.build(config, num_classes=10, fused_batch_norm=True)
+    stock = architectures.build(config, num_classes=10)
+    fused = architectures.build(config, num_classes=10, fused_batch_norm=True)
     batch_norms = [
         layer for layer in stock.layers if isinstance(layer, keras.layers.BatchNormalization)
     ]

@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import fitting, losses, models
 from pipeline.config import FitConfig, ModelConfig
+from pipeline.model import architectures, fitting, losses
 
 FIT = FitConfig(optimizer="sgd", learning_rate=0.01, batch_size=32, epochs=1, seed=0)
 
@@ -17,7 +17,7 @@ def compiled(output_activation: str) -> keras.Model:
     config = ModelConfig(
         architecture="mlp", dense=(10,), activation="sigmoid", output_activation=output_activation
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     fitting.compile_model(model, FIT, train_size=64)
     return model
 
@@ -31,7 +31,7 @@ def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def pre_activation(model: keras.Model, x: np.ndarray) -> np.ndarray:
     """The output layer's input times its kernel plus bias: the logits Keras caches."""
-    head = model.get_layer(models.HEAD)
+    head = model.get_layer(architectures.HEAD)
     hidden = keras.Model(model.inputs, head.input)([x])
     kernel, bias = head.get_weights()
     return np.asarray(hidden) @ kernel + bias

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config, datasets
+from pipeline import config
+from pipeline.data import datasets
 
 REPO_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 KMNIST = {

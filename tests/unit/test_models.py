@@ -9,8 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import config, models
+from pipeline import config
 from pipeline.config import ConvBlockConfig, ModelConfig
+from pipeline.model import architectures
 
 MLP = ModelConfig(architecture="mlp", dense=(8,))
 CNN = ModelConfig(architecture="cnn", conv_blocks=(ConvBlockConfig(filters=4),))
@@ -23,7 +24,7 @@ def layers_of(model: keras.Model, kind: type) -> list:
 @pytest.mark.parametrize("config", [MLP, CNN], ids=["mlp", "cnn"])
 @pytest.mark.parametrize("num_classes", [10, 3])
 def test_maps_images_to_class_probabilities(config, num_classes):
-    model = models.build(config, num_classes=num_classes)
+    model = architectures.build(config, num_classes=num_classes)
     assert model.name == config.architecture
     assert model.input_shape == (None, 28, 28)
     images = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
@@ -66,7 +67,7 @@ def test_maps_images_to_class_probabilities(config, num_classes):
     ],
 )
 def test_parameter_count(config, expected):
-    assert models.build(config, num_classes=10).count_params() == expected
+    assert architectures.build(config, num_classes=10).count_params() == expected
 
 
 @pytest.mark.parametrize(
@@ -96,7 +97,7 @@ def test_parameter_count(config, expected):
     ids=["mlp-plain", "mlp-batch-norm-dropout", "cnn-batch-norm-dropout"],
 )
 def test_batch_norm_and_dropout_layers_follow_config(config, batch_norms, dropout_rates):
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     assert len(layers_of(model, keras.layers.BatchNormalization)) == batch_norms
     assert [layer.rate for layer in layers_of(model, keras.layers.Dropout)] == dropout_rates
     hidden = [
@@ -114,7 +115,7 @@ def test_batch_norm_and_dropout_layers_follow_config(config, batch_norms, dropou
 def test_softmax_head_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        model = models.build(CNN, num_classes=10)
+        model = architectures.build(CNN, num_classes=10)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert model.layers[1].compute_dtype == "bfloat16"
@@ -148,19 +149,19 @@ def test_softmax_head_stays_float32_under_mixed_precision():
     ],
 )
 def test_seed_network_parameter_counts(config, expected):
-    assert models.build(config, num_classes=10).count_params() == expected
+    assert architectures.build(config, num_classes=10).count_params() == expected
 
 
 def test_sigmoid_output_scores_each_class_on_its_own():
     config = ModelConfig(
         architecture="mlp", dense=(10,), activation="sigmoid", output_activation="sigmoid"
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     scores = np.asarray(model(np.random.default_rng(0).random((64, 28, 28), dtype=np.float32)))
     assert ((scores > 0) & (scores < 1)).all()
-    # Independent sigmoids do not sum to one: pipeline.losses and `evaluate` normalise them.
+    # Independent sigmoids do not sum to one: pipeline.model.losses and `evaluate` normalise them.
     assert np.abs(scores.sum(axis=1) - 1).max() > 0.5
-    assert model.get_layer(models.HEAD).activation.__name__ == "sigmoid"
+    assert model.get_layer(architectures.HEAD).activation.__name__ == "sigmoid"
 
 
 def test_kernel_initializer_reaches_every_weight_layer():
@@ -170,7 +171,7 @@ def test_kernel_initializer_reaches_every_weight_layer():
         dense=(512,),
         kernel_initializer="random_normal",
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     kernels = [
         layer.kernel.numpy()
         for layer in model.layers
@@ -182,19 +183,19 @@ def test_kernel_initializer_reaches_every_weight_layer():
     assert abs(kernels[1].std() - 0.05) < 0.002
     assert abs(kernels[1].mean()) < 0.002
     # Keras's default, glorot_uniform: standard deviation sqrt(2 / (fan_in + fan_out)).
-    default = models.build(
+    default = architectures.build(
         dataclasses.replace(config, kernel_initializer="glorot_uniform"), num_classes=10
     )
-    head = default.get_layer(models.HEAD).kernel.numpy()
+    head = default.get_layer(architectures.HEAD).kernel.numpy()
     assert abs(head.std() - np.sqrt(2 / (512 + 10))) < 0.003
 
 
 def test_head_dropout_only_before_the_output():
     config = ModelConfig(architecture="mlp", dense=(16, 16, 16), head_dropout=0.2)
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     dropouts = layers_of(model, keras.layers.Dropout)
     assert [layer.rate for layer in dropouts] == [0.2]
-    assert model.layers[-2] is dropouts[0] and model.layers[-1].name == models.HEAD
+    assert model.layers[-2] is dropouts[0] and model.layers[-1].name == architectures.HEAD
 
 
 def test_conv_blocks_have_their_own_activation():
@@ -204,7 +205,7 @@ def test_conv_blocks_have_their_own_activation():
         dense=(8,),
         activation="sigmoid",
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     names = [layer.activation.__name__ for layer in layers_of(model, keras.layers.Activation)]
     assert names == ["relu", "tanh", "sigmoid"]
 
@@ -223,7 +224,7 @@ def test_batch_norm_inference_matches_training_after_few_steps():
     config = ModelConfig(
         architecture="cnn", conv_blocks=(ConvBlockConfig(filters=8),), dense=(32,), batch_norm=True
     )
-    model = models.build(config, num_classes=10)
+    model = architectures.build(config, num_classes=10)
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="categorical_crossentropy")
     model.fit(x, y, batch_size=32, epochs=2, verbose=0)  # 40 steps
     batch_statistics = np.asarray(model(x, training=True))
@@ -253,7 +254,7 @@ SEED_PARAMETERS = {
 @pytest.mark.parametrize("variant", sorted(SEED_PARAMETERS))
 def test_repository_seed_variants_have_their_sources_parameters(variant):
     params = config.load(Path(__file__).resolve().parents[2] / "params.yaml")
-    model = models.build(params.train.models[variant].model, num_classes=10)
+    model = architectures.build(params.train.models[variant].model, num_classes=10)
     assert model.count_params() == SEED_PARAMETERS[variant]
 
 
@@ -271,7 +272,7 @@ def test_mirror_averaged_model_answers_for_the_image_and_its_mirror(
     same answer for an image and its mirror, in standard layers that load without this package."""
     keras.utils.set_random_seed(0)
     config = dataclasses.replace(base, dense=(8,), output_activation=output_activation)
-    model = models.build(config, num_classes=3)
+    model = architectures.build(config, num_classes=3)
     images = np.random.default_rng(1).random((6, 28, 28), dtype=np.float32)
     mirrored = images[:, :, ::-1]
     features = keras.Model(model.inputs[0], model.layers[-2].output)
@@ -282,13 +283,13 @@ def test_mirror_averaged_model_answers_for_the_image_and_its_mirror(
 
     mean = (scores(images) + scores(mirrored)) / 2
     activation = keras.activations.get(output_activation)
-    averaged = models.mirror_averaged(model)
+    averaged = architectures.mirror_averaged(model)
     answers = np.asarray(averaged(images))
     np.testing.assert_allclose(answers, np.asarray(activation(mean)), atol=1e-6)
     np.testing.assert_allclose(np.asarray(averaged(mirrored)), answers, atol=1e-6)
     assert np.abs(np.asarray(model(images)) - np.asarray(model(mirrored))).max() > 1e-3
-    assert averaged.layers[-1].name == models.HEAD and averaged.name == model.name
-    assert models.output_layer(averaged)[1] == output_activation
+    assert averaged.layers[-1].name == architectures.HEAD and averaged.name == model.name
+    assert architectures.output_layer(averaged)[1] == output_activation
     # What training may go on with: the same trainable weights, in the same order.
     assert [v.shape for v in averaged.trainable_variables] == [
         v.shape for v in model.trainable_variables

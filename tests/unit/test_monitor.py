@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from serving import drift, monitor
 from serving.settings import Declared, Settings
+from serving.tools import drift, monitor
 from serving.watch import STATISTICS, Watch, input_statistics, predict_answers
 
 CLASSES = ("a", "b", "c", "d")

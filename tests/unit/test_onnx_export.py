@@ -1,5 +1,5 @@
-"""`pipeline.onnx_export`: the check of an export against Keras, int8 quantization and the rule
-that decides which file is served."""
+"""`pipeline.model.onnx_export`: the check of an export against Keras, int8 quantization and the
+rule that decides which file is served."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import config, onnx_export
+from pipeline import config
+from pipeline.model import onnx_export
 
 RULE = config.Int8Config()
 

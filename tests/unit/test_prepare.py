@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import prepare
+from pipeline.stages import prepare
 from tests.support import synthetic
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline import registry
+from pipeline.champion import registry
 
 
 @pytest.mark.parametrize(

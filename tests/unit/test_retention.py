@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from serving import monitor, retention
+from serving import retention
 from serving.settings import Settings
+from serving.tools import monitor
 from serving.watch import STATISTICS
 
 CLASSES = ("a", "b", "c")

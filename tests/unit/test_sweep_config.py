@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config, sweep, sweep_record, sweep_space
+from pipeline import config
+from pipeline.sweep import driver as sweep
+from pipeline.sweep import record as sweep_record
+from pipeline.sweep import settings as sweep_settings
+from pipeline.sweep import space as sweep_space
 from tests.support.workspace import TINY_VARIANTS
 
 GOOD = {
@@ -30,7 +34,7 @@ def write(tmp_path: Path, sweep_section: dict) -> Path:
 
 
 def test_a_good_section_loads(tmp_path: Path):
-    loaded = config.load(write(tmp_path, GOOD)).sweep
+    loaded = sweep_settings.load(write(tmp_path, GOOD))
     assert loaded.trials == 4
     assert loaded.space["fit.batch_size"].values == (16, 32)
     assert loaded.early_stopping.enabled and loaded.address is None
@@ -73,7 +77,7 @@ def test_a_good_section_loads(tmp_path: Path):
 )
 def test_bad_settings_name_the_dotted_key(tmp_path: Path, change: dict, key: str):
     with pytest.raises(config.ConfigError, match=key.replace(".", r"\.").replace("[", r"\[")):
-        config.load(write(tmp_path, GOOD | change))
+        sweep_settings.load(write(tmp_path, GOOD | change))
 
 
 def test_values_that_break_the_variant_are_refused_before_any_work(tmp_path: Path):

@@ -140,7 +140,7 @@ class FashionStore:
 
 
 def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline import idx
+    from pipeline.data import idx
 
     images = idx.read(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz")
     labels = idx.read(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz")
@@ -150,12 +150,12 @@ def _fashion_split(kind: str) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def fashion_store(tmp_path_factory: pytest.TempPathFactory) -> FashionStore:
     """An MLP fitted for a few seconds on 6,000 Fashion-MNIST training images (about 80% on the
-    test split), stored as `serving.package` stores the champion, with its test accuracy."""
+    test split), stored as `serving.tools.package` stores the champion, with its test accuracy."""
     if not FASHION_DIR.is_dir():
         pytest.skip(f"{FASHION_DIR} is absent (`make data` installs dataset-fashion-mnist)")
     import keras
 
-    from pipeline import datasets
+    from pipeline.data import datasets
 
     keras.utils.set_random_seed(0)
     train_images, train_labels = _fashion_split("train")

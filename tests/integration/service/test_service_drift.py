@@ -1,6 +1,6 @@
 """The drift report on what a real service answered: Fashion-MNIST test images through the
 Fashion model are no drift; handwritten digits through it are, by class mix and input
-statistics; a handful of predictions is not enough data. `python -m serving.monitor` runs as a
+statistics; a handful of predictions is not enough data. `python -m serving.tools.monitor` runs as a
 user runs it, against the reference of the served model on the test split."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import monitor
+from serving.tools import monitor
 from tests.support import servers, shapes
 from tests.support.client import image_file, oip_binary, oip_probabilities
 from tests.support.servers import REPO_ROOT
@@ -70,7 +70,7 @@ def drift_report(store, monitor_dir: Path, out: Path, since: datetime, expected:
     assert len(served.predictions) == expected
     command = [
         sys.executable,
-        *("-m", "serving.monitor", "--log", str(monitor_dir), "--out", str(out)),
+        *("-m", "serving.tools.monitor", "--log", str(monitor_dir), "--out", str(out)),
         *("--model", store.tag, "--test-data", str(store.test_npz)),
         *("--since", since.isoformat()),
     ]

@@ -1,4 +1,4 @@
-"""One trial of a sweep, as it runs in a Ray worker: `pipeline.train.train` on the data the
+"""One trial of a sweep, as it runs in a Ray worker: `pipeline.stages.train.train` on the data the
 driver put in Ray's object store, each epoch reported to Tune (for ASHA) and logged to the
 trial's MLflow run, a child of the sweep's run. It reads no file and never sees the test split.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.config import VariantConfig
 
-# Tags every trial's run carries; the driver reads them back (pipeline.sweep_record).
+# Tags every trial's run carries; the driver reads them back (pipeline.sweep.record).
 TRIAL_TAG = "sweep.trial_id"
 STATUS_TAG = "sweep.status"
 NODE_ID_TAG = "sweep.node_id"
@@ -39,7 +39,8 @@ class TrialContext:
 
 def trial_params(context: TrialContext, overrides: dict[str, Any]) -> dict[str, str]:
     """The trial's MLflow params: its whole variant config, flattened, and the trial's values."""
-    from pipeline import sweep_space, tracking
+    from pipeline import tracking
+    from pipeline.sweep import space as sweep_space
 
     variant_config = sweep_space.trial_variant(context.variant, context.variant_config, overrides)
     params = tracking.flatten(dataclasses.asdict(variant_config))
@@ -76,7 +77,9 @@ def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context
     from mlflow.entities import Metric
     from ray import tune
 
-    from pipeline import devices, fitting, sweep_space, train
+    from pipeline.model import devices, fitting
+    from pipeline.stages import train
+    from pipeline.sweep import space as sweep_space
 
     devices.import_tensorflow()
     import tensorflow as tf

@@ -21,13 +21,13 @@ import dataclasses
 import logging
 from typing import Any
 
-from pipeline import registry
+from pipeline.champion import registry
 
 log = logging.getLogger(__name__)
 # Reads before giving up on a champion that other evaluations keep moving (each read is two
 # requests; a few evaluations finishing together settle in one or two).
 MAX_READS = 20
-GATE_FIGURE = "test_accuracy"
+GATE_FIGURE = registry.GATE_FIGURE
 
 
 def figure(version: Any) -> tuple[float, int]:
@@ -95,3 +95,35 @@ def settle(
     return dataclasses.replace(
         registration, promoted=False, reason=reason, champion_version=champion
     )
+
+
+def register(
+    client: Any,
+    *,
+    name: str,
+    run_id: str,
+    model_uri: str,
+    tags: registry.VersionTags,
+    description: str,
+    test_accuracy: float,
+    champion_test_accuracy: float | None,
+    min_improvement: float,
+) -> registry.Registration:
+    """Register (or reuse) the version for `run_id`, apply the promotion gate, then settle the
+    champion among the versions that evaluations elsewhere promoted meanwhile.
+
+    `champion_test_accuracy` is the current champion's accuracy on the same test set, or None
+    when there is no champion yet or it cannot be scored on this test set.
+    """
+    version = registry.add_version(
+        client, name=name, run_id=run_id, model_uri=model_uri, tags=tags, description=description
+    )
+    registration = registry.promote(
+        client,
+        name=name,
+        version=version,
+        test_accuracy=test_accuracy,
+        champion_test_accuracy=champion_test_accuracy,
+        min_improvement=min_improvement,
+    )
+    return settle(client, registration, data_sha256=tags.data_sha256)

@@ -1,6 +1,6 @@
 """Stage `train`: fit one model variant on `train`, validate on `val`, track it in MLflow.
 
-`train()` builds and fits (`pipeline.fitting`) and returns; `main()` reads the prepared data,
+`train()` builds and fits (`pipeline.model.fitting`) and returns; `main()` reads the prepared data,
 records the run through `tracking` and writes `models/<variant>/model.keras`,
 `models/<variant>/run.json` (contracts.TrainedRun: MLflow run id and model URI), the final metrics
 as DVC metrics (contracts.TrainMetrics) and the per-epoch history as a CSV for `dvc plots`.
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import config, contracts, fitting, io, tracking
+from pipeline import config, contracts, io, tracking
 from pipeline.config import VariantConfig
 from pipeline.figures import curves_figure
+from pipeline.model import fitting
 
 if TYPE_CHECKING:
     import keras
@@ -45,7 +46,8 @@ def servable(
     image when `model.test_time_flip` asks): what is measured, saved and served.
 
     Training computes in mixed precision where the machine has it and normalises batches with
-    `pipeline.layers.FusedBatchNormalization`. A saved layer remembers its class and its policy,
+    `pipeline.model.layers.FusedBatchNormalization`. A saved layer remembers its class and its
+    policy,
     so without the rebuild the served model would need this package's layer to load, and would
     compute in bfloat16, emulated and slow on CPUs without bf16 instructions. The global policy
     goes back to float32. The copy gets its own optimizer, built on its own variables, with the
@@ -54,13 +56,13 @@ def servable(
     """
     import keras
 
-    from pipeline import models
+    from pipeline.model import architectures
 
     keras.mixed_precision.set_global_policy("float32")
-    model = models.build(variant_config.model, num_classes=num_classes)
+    model = architectures.build(variant_config.model, num_classes=num_classes)
     model.set_weights(trained.get_weights())
     if variant_config.model.test_time_flip:
-        model = models.mirror_averaged(model)
+        model = architectures.mirror_averaged(model)
     fitting.compile_model(model, variant_config.fit, train_size=train_size)
     # Under float16 Keras wraps the optimizer to scale the loss; the state to keep is inside.
     learnt = getattr(trained.optimizer, "inner_optimizer", trained.optimizer)
@@ -95,15 +97,15 @@ def train(
     layers and float32 (`servable`)."""
     import keras
 
-    from pipeline import devices, distribute, models
+    from pipeline.model import architectures, devices, distribute
 
     fit = variant_config.fit
     keras.utils.set_random_seed(fit.seed)
     device = devices.configure(mixed_precision=fit.mixed_precision)
-    # fit.distribute: built and compiled under MirroredStrategy (pipeline.distribute).
+    # fit.distribute: built and compiled under MirroredStrategy (pipeline.model.distribute).
     with distribute.scope(fit) as replicas:
         device |= replicas
-        model = models.build(
+        model = architectures.build(
             variant_config.model, num_classes=y_train.shape[1], fused_batch_norm=True
         )
         fitting.compile_model(model, fit, train_size=len(x_train))
@@ -214,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run_stage(args: argparse.Namespace) -> None:
     """Train the variant `args` names, track it, write its outputs."""
-    from pipeline import devices
+    from pipeline.model import devices
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     devices.import_tensorflow()

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from pipeline import sweep_space
-from pipeline.sweep_trial import (
+from pipeline.sweep import space as sweep_space
+from pipeline.sweep.trial import (
     ERROR_TAG,
     FIT_DONE_TAG,
     NODE_ID_TAG,

@@ -1,15 +1,15 @@
 """Pure Keras model builders, parameterised by typed config; they build, they do not fit.
 
 Every model ends in a dense layer named `probabilities` (softmax, or sigmoid for the seed notebooks
-that use one); `pipeline.calibration` relies on that to read the scores before it.
+that use one); `pipeline.model.calibration` relies on that to read the scores before it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pipeline import datasets
 from pipeline.config import ModelConfig
+from pipeline.data import datasets
 
 if TYPE_CHECKING:
     import keras
@@ -29,7 +29,7 @@ def _normalised_activation(
     if config.batch_norm:
         batch_norm = keras.layers.BatchNormalization
         if fused:
-            from pipeline.layers import FusedBatchNormalization as batch_norm
+            from pipeline.model.layers import FusedBatchNormalization as batch_norm
         layers.append(batch_norm(momentum=BATCH_NORM_MOMENTUM))
     layers.append(keras.layers.Activation(activation))
 
@@ -120,8 +120,8 @@ def build_cnn(
 def output_layer(model: keras.Model) -> tuple[keras.layers.Dense | None, str | None]:
     """`model`'s last layer when it is a Dense layer, and its activation's name (else None, None).
 
-    Training picks its loss by that activation (`pipeline.losses`); calibration reads the scores
-    before it."""
+    Training picks its loss by that activation (`pipeline.model.losses`); calibration reads the
+    scores before it."""
     import keras
 
     last = model.layers[-1] if model.layers else None
@@ -195,7 +195,7 @@ def build(
     config: ModelConfig, *, num_classes: int, fused_batch_norm: bool = False
 ) -> keras.Sequential:
     """Build the architecture that `config` names. `fused_batch_norm`: for training only, batch
-    norm as `pipeline.layers.FusedBatchNormalization` (the same weights, faster steps)."""
+    norm as `pipeline.model.layers.FusedBatchNormalization` (the same weights, faster steps)."""
     builders = {"mlp": build_mlp, "cnn": build_cnn}
     return builders[config.architecture](
         config, num_classes=num_classes, fused_batch_norm=fused_batch_norm

@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline import config
 from pipeline.config import ConfigError, VariantConfig
-from pipeline.sweep_config import Dimension
+from pipeline.sweep.settings import Dimension
 
 
 def trial_variant(

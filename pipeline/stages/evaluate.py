@@ -3,8 +3,10 @@
 The best variant (by `evaluate.select_by` on the validation split, never by test results) becomes a
 new version of the registered model; alias `champion` moves to it only if it beats the current
 champion on this test set by `evaluate.min_improvement`, otherwise it gets alias `challenger`
-(`pipeline.registry`). `pipeline.scoring` scores and chooses; `pipeline.handoff` registers the
-choice; `main()` reads the trained variants, exports the served network (`pipeline.onnx_export`),
+(`pipeline.champion.registry`). `pipeline.champion.scoring` scores and chooses;
+`pipeline.champion.handoff` registers the
+choice; `main()` reads the trained variants, exports the served network
+(`pipeline.model.onnx_export`),
 records the results through `tracking` and writes `models/champion.json` (contracts.Champion), the
 DVC metrics (contracts.EvaluateMetrics) and the chosen variant's plots.
 """
@@ -21,20 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import (
-    calibration,
-    config,
-    contracts,
-    devices,
-    handoff,
-    io,
-    onnx_export,
-    scoring,
-    stopping,
-    tracking,
-)
+from pipeline import config, contracts, io, stopping, tracking
+from pipeline.champion import handoff, scoring
+from pipeline.champion.scoring import Evaluation, Labelled, VariantEvaluation
 from pipeline.figures import confusion_figure, misclassified_figure, reliability_figure
-from pipeline.scoring import Evaluation, Labelled, VariantEvaluation
+from pipeline.model import calibration, devices, onnx_export
 
 if TYPE_CHECKING:
     import keras

@@ -3,21 +3,18 @@
 Each check of params.yaml's `monitor:` section runs its named test against its threshold: the
 class mix by chi-square (or PSI), the confidence and each input statistic by two-sample
 Kolmogorov-Smirnov (or PSI). `report` gives drift.json's content, `plot` drift.png's figure;
-serving/monitor.py reads the records and writes both.
+serving/tools/monitor.py reads the records and writes both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from serving.watch import STATISTICS, input_statistics
-
-if TYPE_CHECKING:
-    from serving.monitor import ServedLog
 
 # Bins of the population stability index of a continuous quantity (reference deciles).
 PSI_BINS = 10
@@ -38,6 +35,16 @@ class Predictions:
 
     def values(self, name: str) -> np.ndarray:
         return self.confidence if name == "confidence" else self.statistics[name]
+
+
+@dataclass(frozen=True)
+class ServedLog:
+    """The rows of the watch's log that belong to one model, and what else the log held."""
+
+    predictions: Predictions
+    files: int
+    other_models: dict[str, int]
+    unreadable: int
 
 
 def reference_predictions(probabilities: np.ndarray, images: np.ndarray) -> Predictions:

@@ -1,6 +1,6 @@
 """How a variant is compiled and fitted: the learning-rate schedule and optimizer, the tf.data
 input (shuffling, mirroring and shifts), the per-epoch callbacks and `fit` itself. Shared by the
-`train` stage, the sweep's trials (`pipeline.sweep_trial`) and bench/train_throughput.py."""
+`train` stage, the sweep's trials (`pipeline.sweep.trial`) and bench/train_throughput.py."""
 
 from __future__ import annotations
 
@@ -51,11 +51,11 @@ def make_optimizer(fit: FitConfig, steps_per_epoch: int):
 
 def compile_model(model: keras.Model, fit: FitConfig, *, train_size: int) -> None:
     """Attach optimizer, loss and metrics as the fit config says; the loss suits the output
-    layer's activation (`pipeline.losses`)."""
-    from pipeline import losses, models
+    layer's activation (`pipeline.model.losses`)."""
+    from pipeline.model import architectures, losses
 
     steps_per_epoch = int(np.ceil(train_size / fit.batch_size))
-    _, output_activation = models.output_layer(model)
+    _, output_activation = architectures.output_layer(model)
     model.compile(
         optimizer=make_optimizer(fit, steps_per_epoch),
         loss=losses.crossentropy(output_activation, label_smoothing=fit.label_smoothing),

@@ -4,8 +4,8 @@
 the validation split (`check`: the same class for every image, every probability within
 `TOLERANCE`; otherwise `ExportMismatch` names the first layer whose export diverges), quantizes
 it statically on training images (`quantize`) and lets `evaluate.int8` decide which file is served
-(`decide`). `serving.package` runs the same `export_checked` for a version registered without ONNX.
-Keras, tf2onnx and onnxruntime's quantizer are imported by the functions that need them.
+(`decide`). `serving.tools.package` runs the same `export_checked` for a version registered without
+ONNX. Keras, tf2onnx and onnxruntime's quantizer are imported by the functions that need them.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ its charts stay blank. This fetches the versions DVC pins (read from `dvc_render
 and writes a template with the three libraries inline; `.dvc/config` names it as
 `plots.html_template`, so `dvc plots show` and `dvc plots diff` use it.
 
-    python -m pipeline.offline_plots --out .dvc/plots/offline.html
+    python -m pipeline.stages.offline_plots --out .dvc/plots/offline.html
 
 `make install` runs it. Without npm it writes DVC's own page (CDN scripts) and says so, so the
 configured template always exists.

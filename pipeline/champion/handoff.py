@@ -10,10 +10,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline import config, contracts, datasets, registry, tracking
-from pipeline.scoring import Evaluation, Labelled, score
+from pipeline import config, contracts, tracking
+from pipeline.champion import promotion, registry
+from pipeline.champion.scoring import Evaluation, Labelled, score
+from pipeline.data import datasets
 
-log = logging.getLogger("pipeline.evaluate")
+log = logging.getLogger("pipeline.stages.evaluate")
 INPUT_CONTRACT = (
     "28x28 grayscale image as float32 in [0, 1], shape (N, 28, 28); light object on dark"
     " background, like MNIST / Fashion-MNIST"
@@ -109,7 +111,7 @@ def register_chosen(
         runs[variant].run_id: result.metrics.test_accuracy
         for variant, result in evaluation.variants.items()
     }
-    registration = registry.register(
+    registration = promotion.register(
         client,
         name=name,
         run_id=run.run_id,

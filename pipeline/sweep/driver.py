@@ -4,9 +4,9 @@
 
 Reads `sweep:` and the variant from params.yaml (every bad key is an error before any work),
 puts the prepared train and validation splits in Ray's object store, runs the trials
-(`pipeline.sweep_trial`) with ASHA early stopping on validation accuracy, records the sweep as
+(`pipeline.sweep.trial`) with ASHA early stopping on validation accuracy, records the sweep as
 an MLflow run with one child run per trial, and writes `sweeps/<variant>/best.yaml` and
-`trials.csv` (`pipeline.sweep_record`). `--apply` then runs the `dvc exp run -S ...` command in
+`trials.csv` (`pipeline.sweep.record`). `--apply` then runs the `dvc exp run -S ...` command in
 best.yaml, so the winner is trained, evaluated and gated like any other experiment.
 Needs the `scale` extra (Ray); `dvc repro` never imports this module.
 """
@@ -25,8 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline import config, contracts, sweep_space
-from pipeline.sweep_config import SweepConfig
+from pipeline import config, contracts
+from pipeline.sweep import settings as sweep_settings
+from pipeline.sweep import space as sweep_space
+from pipeline.sweep.settings import SweepConfig
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ def cluster(sweep: SweepConfig, address: str | None) -> Iterator[dict[str, Any]]
         options["_node_ip_address"] = sweep.local_node_ip
     else:
         # This package travels with the job, so the other machines need only its dependencies.
-        options["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parent)]}
+        options["runtime_env"] = {"py_modules": [str(Path(__file__).resolve().parents[1])]}
     ray.init(address=address or "local", **options)
     try:
         yield {"nodes": len([n for n in ray.nodes() if n["Alive"]])} | {
@@ -84,7 +86,7 @@ def tuner(sweep: SweepConfig, trainable, storage: Path, outcomes: dict, *, max_e
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from pipeline import sweep_record
+    from pipeline.sweep import record as sweep_record
 
     scheduler = None
     if sweep.early_stopping.enabled:
@@ -121,7 +123,7 @@ def tuner(sweep: SweepConfig, trainable, storage: Path, outcomes: dict, *, max_e
 
 def load_data(folder: Path) -> tuple[dict[str, Any], contracts.PreparedMeta]:
     """The prepared train and validation splits (never test) and their record."""
-    from pipeline import train
+    from pipeline.stages import train
 
     meta = contracts.PreparedMeta.read(folder / contracts.PreparedMeta.file_name)
     x_train, y_train, _ = train.load_split(folder / "train.npz")
@@ -149,10 +151,10 @@ def parent_run(client, *, experiment_id: str, variant: str, sweep: SweepConfig, 
 
 def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     """Check, run, record; best.yaml's content (None when no trial completed)."""
-    from pipeline import train
+    from pipeline.stages import train
 
     params = config.load(args.params)
-    sweep = params.sweep
+    sweep = sweep_settings.of(params, str(args.params))
     variant_config = train.variant_config_of(params, args.variant)
     if not sweep.space:
         raise config.ConfigError(f"{args.params}: sweep.space is empty: name keys to vary")
@@ -164,7 +166,9 @@ def run_sweep(args: argparse.Namespace) -> dict[str, Any] | None:
     import mlflow
     from ray import tune
 
-    from pipeline import sweep_record, sweep_trial, tracking
+    from pipeline import tracking
+    from pipeline.sweep import record as sweep_record
+    from pipeline.sweep import trial as sweep_trial
 
     data, meta = load_data(args.data)
     uri = args.tracking_uri or sweep.tracking_uri or tracking.tracking_uri()

@@ -1,7 +1,7 @@
 """The drift report from the command line: read what the service answered, compare it with the
-served model on the test split (the comparison itself is serving/drift.py).
+served model on the test split (the comparison itself is serving/tools/drift.py).
 
-    python -m serving.monitor --log monitoring --out reports/monitor
+    python -m serving.tools.monitor --log monitoring --out reports/monitor
 
 reads the watch's JSON lines (`serving.watch`, every `data.*.log*` file under `--log`), keeps the
 rows of the model it is given (`--model`, a BentoML tag), and compares them with a reference: that
@@ -26,21 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from serving.drift import Predictions, plot, reference_predictions, report
+from serving.tools.drift import Predictions, ServedLog, plot, reference_predictions, report
 from serving.watch import STATISTICS
 
 # The reference is computed in batches of this many test images.
 REFERENCE_BATCH = 1024
-
-
-@dataclass(frozen=True)
-class ServedLog:
-    """The rows of the watch's log that belong to one model, and what else the log held."""
-
-    predictions: Predictions
-    files: int
-    other_models: dict[str, int]
-    unreadable: int
 
 
 def log_files(folder: Path) -> list[Path]:
@@ -201,7 +191,7 @@ def run(
 
 def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m serving.monitor", description=__doc__.split("\n\n")[0]
+        prog="python -m serving.tools.monitor", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--log", type=Path, required=True, help="the service's MONITOR_DIR")
     parser.add_argument("--out", type=Path, default=Path("reports/monitor"), help="report folder")
@@ -252,7 +242,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             since=args.since,
         )
     except (FileNotFoundError, ValueError, NotFound) as error:
-        print(f"serving.monitor: {error}", file=sys.stderr)
+        print(f"serving.tools.monitor: {error}", file=sys.stderr)
         return 2
     print(result["summary"])
     print(

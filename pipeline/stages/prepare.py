@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import config, contracts, datasets, idx, io
+from pipeline import config, contracts, io
+from pipeline.data import datasets, idx
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -4,7 +4,7 @@
 between them (`fit.batch_size` stays the global batch) and averages the gradients. Devices:
 every visible GPU, or `fit.logical_cpu_devices` logical CPU devices when set (how the tests run
 it on a machine without GPUs). The model trained this way is an ordinary Keras model once
-`pipeline.train.servable` has rebuilt it, so what is saved, registered and served is the same
+`pipeline.stages.train.servable` has rebuilt it, so what is saved, registered and served is the same
 kind of file as without. Across machines (MultiWorkerMirroredStrategy) is not offered: it does
 not work with Keras 3 (keras-team/keras#20585, tensorflow/tensorflow#72388).
 """

@@ -1,11 +1,11 @@
 """Bring the registry's champion into the BentoML model store, keeping its provenance.
 
-`python -m serving.package` resolves `models:/<name>@champion` in MLflow, copies the version's ONNX
-files (the float32 export and its int8 version, which `evaluate` registered) into the BentoML
-store as `<name>:v<version>` with the registry version, run id, class names, input contract,
-metrics and the served file as metadata, and prints the tag. A version registered before the
-export existed has only its Keras model: it is exported here, checked as `evaluate` checks it,
-and the log says so. Re-running it for the same version reuses the stored model.
+`python -m serving.tools.package` resolves `models:/<name>@champion` in MLflow, copies the version's
+ONNX files (the float32 export and its int8 version, which `evaluate` registered) into the BentoML
+store as `<name>:v<version>` with the registry version, run id, class names, input contract, metrics
+and the served file as metadata, and prints the tag. A version registered before the export existed
+has only its Keras model: it is exported here, checked as `evaluate` checks it, and the log says so.
+Re-running it for the same version reuses the stored model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import registry
+from pipeline.champion import registry
 
 log = logging.getLogger(__name__)
 # The alias `make serve` packages; `--alias challenger` packages the one waiting behind it.
@@ -44,7 +44,7 @@ def default_registered_model(params: Path = Path("params.yaml")) -> str:
 
 def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> dict[str, Any]:
     """What serving needs to know about a registered version, from the tags evaluate set."""
-    from pipeline import datasets
+    from pipeline.data import datasets
 
     tags = registry.VersionTags.from_tags(version.tags)
     dataset = tags.dataset or ""
@@ -135,7 +135,7 @@ def import_version(
 def registered_onnx(tag: str, files: dict[str, Path], tags: dict[str, str]) -> dict[str, Any]:
     """What the version's ONNX files are, from its tags; PackageError when a file's sha256 is
     not the one its tag records."""
-    from pipeline import onnx_export
+    from pipeline.model import onnx_export
 
     expected = {
         onnx_export.FP32_FILE: tags.get("onnx_fp32_sha256"),
@@ -169,7 +169,7 @@ def exported_onnx(
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Export the version's Keras model (registered before evaluate exported ONNX) to `folder`
     and check it; its files by name and what they are."""
-    from pipeline import devices, onnx_export
+    from pipeline.model import devices, onnx_export
 
     keras_files = sorted(local.rglob("*.keras"))
     if not keras_files:
@@ -199,7 +199,7 @@ def exported_onnx(
         "precision": "fp32",
         "sha256": onnx_export.sha256(path),
         "files": [path.name],
-        "exported_by": "serving.package",
+        "exported_by": "serving.tools.package",
     }
     return {path.name: path}, onnx
 

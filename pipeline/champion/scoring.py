@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline import calibration, contracts, stopping
+from pipeline import contracts, stopping
+from pipeline.model import calibration
 
 if TYPE_CHECKING:
     import keras
 
-log = logging.getLogger("pipeline.evaluate")
+log = logging.getLogger("pipeline.stages.evaluate")
 # A split as evaluate needs it: images and integer labels.
 Labelled = tuple[np.ndarray, np.ndarray]
 
@@ -123,7 +124,7 @@ def evaluate_variant(
     model: keras.Model, *, val: Labelled, test: Labelled, class_names: tuple[str, ...]
 ) -> VariantEvaluation:
     """Score one model on validation and test, and fit its temperature on validation
-    (`pipeline.calibration`); the classification report is on test."""
+    (`pipeline.model.calibration`); the classification report is on test."""
     scorer = calibration.log_scores_model(model)
     log_scores = {
         split: np.asarray(

@@ -5,12 +5,12 @@ the moments, the affine transform, cast back), each a pass over the activations,
 backwards. `FusedBatchNormalization` computes the same thing in one fused kernel: the default
 `cnn` trains in 0.75x the time on this project's 2 CPU cores (`python bench/train_throughput.py
 --options` times both). It is the stock layer in all else: the same variables in the same
-order, the same moving-statistics update, the same inference. `pipeline.train` trains with it
+order, the same moving-statistics update, the same inference. `pipeline.stages.train` trains with it
 and copies the weights into a model of stock layers before anything is measured, saved or
 served, so no saved model depends on this module.
 
-Importing this module imports Keras and TensorFlow; `pipeline.models` imports it only when asked.
-"""
+Importing this module imports Keras and TensorFlow; `pipeline.model.architectures` imports it only
+when asked."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Section `sweep` of params.yaml: a hyperparameter search with Ray Tune (`pipeline.sweep`).
 
-Its own module so that `pipeline.config` stays one screen per stage; `pipeline.config.Params`
-holds it. The checks here need nothing but the section itself (a key of `space` must name a
-field of a variant's `model` or `fit`, and every value must have that field's type);
-`pipeline.sweep_space.check` then tries the extremes on the chosen variant, before any work.
+`pipeline.config.Params` keeps the section as plain data, which only the sweep reads (`of`), so
+that no DVC stage depends on this module. The checks here need nothing but the section itself (a
+key of `space` must name a field of a variant's `model` or `fit`, and every value must have that
+field's type); `pipeline.sweep.space.check` then tries the extremes on the chosen variant, before
+any work.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline import config
 from pipeline.typed import ConfigError
 
 SAMPLED = ("uniform", "loguniform", "randint")
@@ -118,8 +120,6 @@ class SweepConfig:
 
 def field_hint(key: str) -> Any:
     """The type of the variant field `key` names (`fit.learning_rate`); ConfigError if none."""
-    from pipeline import config
-
     section, _, name = key.partition(".")
     owners = {"fit": config.FitConfig, "model": config.ModelConfig}
     owner = owners.get(section)
@@ -139,8 +139,6 @@ def field_hint(key: str) -> Any:
 
 def check_key(key: str, dimension: Dimension) -> None:
     """ConfigError naming `sweep.space.<key>` when the key or its values do not fit."""
-    from pipeline import config
-
     hint = field_hint(key)
     problem = dimension.problem()
     if problem:
@@ -156,3 +154,17 @@ def check_key(key: str, dimension: Dimension) -> None:
         ):
             value = int(value) if dimension.kind == "randint" else float(value)
         config.build(hint, value, where)
+
+
+def of(params: config.Params, source: str = "params.yaml") -> SweepConfig:
+    """The checked `sweep:` section of `params` (read from `source`); a ConfigError names the
+    file and the dotted key."""
+    try:
+        return config.build(SweepConfig, params.sweep, "sweep")
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+
+
+def load(path: str = "params.yaml") -> SweepConfig:
+    """The checked `sweep:` section of the params file at `path`."""
+    return of(config.load(path), str(path))

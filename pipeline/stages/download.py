@@ -5,7 +5,7 @@ is set (and then nothing else), the system datasets folder (Debian's `dataset-fa
 package installs one), then the dataset's canonical mirrors. This is the only module that touches
 the network.
 
-    python -m pipeline.download --params params.yaml --system-root /usr/share/datasets \
+    python -m pipeline.stages.download --params params.yaml --system-root /usr/share/datasets \
         --out data/raw
 """
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import config, contracts, datasets, idx, io
+from pipeline import config, contracts, io
+from pipeline.data import datasets, idx
 
 # Where dvc.yaml points --system-root: Debian's dataset packages install there.
 SYSTEM_ROOT = Path("/usr/share/datasets")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline import models
+from pipeline.model import architectures
 
 if TYPE_CHECKING:
     import keras
@@ -122,7 +122,7 @@ def calibrate(
 
 def _output_layer(model: keras.Model):
     """The model's output layer; ValueError unless it is a softmax or sigmoid dense layer."""
-    head, activation = models.output_layer(model)
+    head, activation = architectures.output_layer(model)
     if activation not in LOG_ACTIVATIONS:
         last = model.layers[-1] if model.layers else None
         raise ValueError(
@@ -134,7 +134,8 @@ def _output_layer(model: keras.Model):
 
 def _chain(model: keras.Model, last: list) -> keras.Model:
     """A model of `model`'s layers except its output layer, followed by the layers in `last`
-    (a keras.Sequential, or a one-output functional model such as `models.mirror_averaged`'s)."""
+    (a keras.Sequential, or a one-output functional model such as
+    `architectures.mirror_averaged`'s)."""
     import keras
 
     if isinstance(model, keras.Sequential):
@@ -152,7 +153,7 @@ def _chain(model: keras.Model, last: list) -> keras.Model:
 
 def _log_head(head, activation: str, *, name: str):
     """A copy of the output layer that outputs the log of its activation."""
-    return models.dense_copy(head, activation=LOG_ACTIVATIONS[activation], name=name)
+    return architectures.dense_copy(head, activation=LOG_ACTIVATIONS[activation], name=name)
 
 
 def log_scores_model(model: keras.Model) -> keras.Model:
@@ -172,7 +173,9 @@ def calibrated_model(model: keras.Model, temperature: float) -> keras.Model:
     """
     head, activation = _output_layer(model)
     kernel = np.eye(head.units, dtype=np.float32) / np.float32(temperature)
-    scale = models.fixed_dense(kernel, activation="softmax", name=models.HEAD, bias=False)
+    scale = architectures.fixed_dense(
+        kernel, activation="softmax", name=architectures.HEAD, bias=False
+    )
     return _chain(model, [_log_head(head, activation, name="log_scores"), scale])
 
 

@@ -1,6 +1,6 @@
 """The MLflow model registry as this project uses it: versions, their tags, the promotion gate.
 
-`evaluate` registers the chosen variant and applies the gate; `serving.package` looks up the
+`evaluate` registers the chosen variant and applies the gate; `serving.tools.package` looks up the
 version an alias names. The alias names and the tags a version carries are defined here only.
 Importing this does nothing (MLflow is imported by the functions that need it).
 """
@@ -23,8 +23,10 @@ METRIC_TAGS = tuple(item.name for item in fields(contracts.VariantMetrics))
 TEMPERATURE = "temperature"
 # The tags about a version's ONNX files start with this.
 ONNX_PREFIX = "onnx_"
-# The tag of a version the gate promoted: a contender for champion (`pipeline.promotion`).
+# The tag of a version the gate promoted: a contender for champion (`pipeline.champion.promotion`).
 GATE, PASSED = "gate", "passed"
+# The metric tag the gate compares versions by (one of METRIC_TAGS).
+GATE_FIGURE = "test_accuracy"
 
 
 class NoSuchVersion(LookupError):
@@ -33,7 +35,7 @@ class NoSuchVersion(LookupError):
 
 @dataclass(frozen=True)
 class VersionTags:
-    """The tags `evaluate` puts on a registered version and `serving.package` reads back.
+    """The tags `evaluate` puts on a registered version and `serving.tools.package` reads back.
 
     Every field may be absent: a version registered by hand carries only what its author set.
     """
@@ -50,7 +52,7 @@ class VersionTags:
     selected_by: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     # The ONNX files' tags (`onnx_*`: served file, sha256s, check, int8 decision), as
-    # `pipeline.onnx_export.OnnxFiles.as_tags` writes them; empty for a version without ONNX.
+    # `pipeline.model.onnx_export.OnnxFiles.as_tags` writes them; empty for a version without ONNX.
     onnx: dict[str, str] = field(default_factory=dict)
 
     def as_tags(self) -> dict[str, str]:
@@ -233,38 +235,3 @@ def promote(
     if waiting is not None and str(waiting.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)
     return Registration(name, version, True, reason, version)
-
-
-def register(
-    client: Any,
-    *,
-    name: str,
-    run_id: str,
-    model_uri: str,
-    tags: VersionTags,
-    description: str,
-    test_accuracy: float,
-    champion_test_accuracy: float | None,
-    min_improvement: float,
-) -> Registration:
-    """Register (or reuse) the version for `run_id`, apply the promotion gate, then settle the
-    champion among the versions that evaluations elsewhere promoted meanwhile
-    (`pipeline.promotion`).
-
-    `champion_test_accuracy` is the current champion's accuracy on the same test set, or None
-    when there is no champion yet or it cannot be scored on this test set.
-    """
-    from pipeline import promotion
-
-    version = add_version(
-        client, name=name, run_id=run_id, model_uri=model_uri, tags=tags, description=description
-    )
-    registration = promote(
-        client,
-        name=name,
-        version=version,
-        test_accuracy=test_accuracy,
-        champion_test_accuracy=champion_test_accuracy,
-        min_improvement=min_improvement,
-    )
-    return promotion.settle(client, registration, data_sha256=tags.data_sha256)
