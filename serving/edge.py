@@ -10,31 +10,16 @@ plain-text "Not Found" for a path nobody serves (404) as JSON naming the endpoin
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
+from serving import endpoints
 from serving.errors import ApiError
 from serving.settings import Settings
 
-# The endpoints' methods; the OIP routes answer wrong methods themselves (serving.routes).
-METHODS: Mapping[str, tuple[str, ...]] = {
-    "/predict": ("POST",),
-    "/predict_image": ("POST",),
-    "/predict_images": ("POST",),
-    "/metadata": ("POST",),
-}
-# BentoML's own endpoints, whose 503s (adaptive batching sheds load) carry BentoML's generic body.
-BENTOML_APIS = ("/predict", "/metadata")
-# What a client that got a path wrong is told exists.
-ENDPOINTS = (
-    "POST images to /predict_image or /predict_images, pixels to /predict, OIP tensors to"
-    " /v2/models/<name>/infer; POST /metadata says what is served; try it at /ui, the API is"
-    " described at /"
-)
-
 
 def no_endpoint(path: str) -> str:
-    """The 404 message for a path nobody serves (BentoML's and our routes' alike)."""
-    return f"no endpoint {path}: {ENDPOINTS}"
+    """The 404 message for a path nobody serves (BentoML's and our routes' alike): what exists,
+    from the route table's listed rows."""
+    return f"no endpoint {path}: {endpoints.what_exists()}"
 
 
 class Edge:
@@ -61,7 +46,7 @@ class Edge:
 
     def _check_route(self, scope) -> None:
         path, method = scope["path"], scope["method"]
-        allowed = METHODS.get(path)
+        allowed = endpoints.BODY_METHODS.get(path)
         if allowed is not None and method not in allowed and method != "OPTIONS":
             raise ApiError(
                 f"{path} takes {' or '.join(allowed)}, not {method}; see the API at /",
@@ -180,7 +165,7 @@ def _bentoml_refusal(path: str, start_message) -> bool:
     or 503 of its own endpoints, or its plain-text 404 (ours, e.g. OIP's unknown model, are
     JSON already)."""
     status = start_message["status"]
-    if path in BENTOML_APIS:
+    if path in endpoints.BENTOML_APIS:
         return status in (400, 503)
     if status != 404:
         return False

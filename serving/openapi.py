@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from serving import oip
+from serving import endpoints, oip
 
-APP_TAG = "Service APIs"
-OIP_TAG = "Open Inference Protocol"
-PAGE_TAG = "Pages"
+APP_TAG, OIP_TAG, PAGE_TAG = endpoints.APP_TAG, endpoints.OIP_TAG, endpoints.PAGE_TAG
 INFRA_TAG = "Infrastructure"
 JSON = "application/json"
 REF = "#/components/schemas/"
@@ -307,6 +305,15 @@ def page_paths() -> dict[str, Any]:
     }
 
 
+TABLE_PATHS = {endpoint.path for endpoint in endpoints.TABLE}
+
+
+def from_row(endpoint: endpoints.Endpoint) -> dict[str, Any]:
+    """An operation for a route this module does not describe yet: its table row's summary."""
+    responses = {"200": {"description": endpoint.summary}}
+    return _operation(endpoint.tag, endpoint.summary, endpoint.summary + ".", responses=responses)
+
+
 def document(
     bentoml_spec: Mapping[str, Any],
     *,
@@ -318,9 +325,20 @@ def document(
 ) -> dict[str, Any]:
     """The whole document. `bentoml_spec` is BentoML's (`Service.openapi_spec.asdict()`);
     `limits` holds max_images, max_body_bytes and max_batch_items."""
-    paths = bentoml_paths(bentoml_spec.get("paths", {}), max_batch_items=limits["max_batch_items"])
-    paths |= upload_paths(max_images=limits["max_images"], max_body_bytes=limits["max_body_bytes"])
-    paths |= oip_paths() | page_paths()
+    bentoml = bentoml_paths(
+        bentoml_spec.get("paths", {}), max_batch_items=limits["max_batch_items"]
+    )
+    described = bentoml | oip_paths() | page_paths()
+    described |= upload_paths(
+        max_images=limits["max_images"], max_body_bytes=limits["max_body_bytes"]
+    )
+    # Every row of the route table, as described here or from its row; BentoML's probes and
+    # metrics as BentoML describes them.
+    paths = {path: item for path, item in bentoml.items() if path not in TABLE_PATHS}
+    for endpoint in endpoints.TABLE:
+        item = paths.setdefault(endpoint.path, {})
+        for method in (name.lower() for name in endpoint.methods):
+            item[method] = described.get(endpoint.path, {}).get(method) or from_row(endpoint)
     schemas = {**(bentoml_spec.get("components") or {}).get("schemas", {}), **SCHEMAS}
     return {
         "openapi": bentoml_spec.get("openapi", "3.0.2"),

@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from serving import batching, oip, openapi, preprocess, uploads
+from serving import batching, endpoints, oip, openapi, preprocess, uploads
 from serving.edge import no_endpoint
 from serving.errors import ApiError
 from serving.model import ServedModel
@@ -223,30 +223,18 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
     return ApiError(message, error.status_code, error.headers).response()
 
 
-def _model_routes(prefix: str) -> list[Route]:
-    return [
-        Route(prefix, model_metadata, methods=["GET"]),
-        Route(f"{prefix}/ready", model_ready, methods=["GET"]),
-        Route(f"{prefix}/infer", infer, methods=["POST"]),
-    ]
-
-
 def app() -> Starlette:
-    """The routes mounted at / of the BentoML service."""
+    """The routes mounted at / of the BentoML service: every row of the route table
+    (`serving.endpoints`) that a function of this module answers, and the page's files. Mounted
+    routes are matched before BentoML's, so `/` and `/docs.json` are ours."""
+    here = globals()
     routes: list[Any] = [
-        # Before BentoML's own "/" and "/docs.json": mounted routes are matched first.
-        Route("/", api_page, methods=["GET"]),
-        Route("/docs.json", api_document, methods=["GET"]),
-        Route("/ui", page, methods=["GET"]),
-        Mount("/ui/static", StaticFiles(directory=STATIC), name="static"),
-        Route("/predict_image", predict_image, methods=["POST"]),
-        Route("/predict_images", predict_images, methods=["POST"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        *_model_routes("/v2/models/{name}"),
-        *_model_routes("/v2/models/{name}/versions/{version}"),
+        Route(endpoint.path, here[endpoint.handler], methods=list(endpoint.methods))
+        for endpoint in endpoints.TABLE
+        if endpoint.handler is not None
     ]
+    # The page's CSS and JavaScript: a folder of files, not a route of the table.
+    routes.append(Mount("/ui/static", StaticFiles(directory=STATIC), name="static"))
     return Starlette(
         routes=routes, exception_handlers={ApiError: _refused, HTTPException: _http_error}
     )

@@ -1,11 +1,9 @@
 """BentoML service: the registered champion classifies images, pixel batches and OIP tensors.
 
-Endpoints (JSON out; docs/serving.md) `/predict_image` (multipart field `image`, or the raw image as
-the body), `/predict_images` (repeated multipart field `images`), `/predict` (JSON
-`{"pixels": ...}`, adaptively batched), `/metadata`, and the Open Inference Protocol under `/v2`;
-the page at `/` shows the OpenAPI document of them all (`/docs.json`, `serving.openapi`).
-Uploads and OIP are our own routes (`serving.routes`); `/predict` and `/metadata` are BentoML's.
-Every misuse gets a 4xx with `{"error": ...}` that says what to send; none takes the service down.
+Every route is a row of `serving.endpoints` (docs/serving.md describes them). `/predict` (JSON
+pixels, adaptively batched) and `/metadata` are declared here as BentoML APIs; the uploads, the
+Open Inference Protocol and the pages are `serving.routes`, mounted over BentoML's app. Every
+misuse gets a 4xx with `{"error": ...}` that says what to send; none takes the service down.
 
 Configuration, by environment variable: `serving.settings` (limits, read when a worker starts;
 BENTO_MODEL, SERVING_WORKERS and BATCH_MAX_LATENCY_MS when this module is imported).

@@ -404,6 +404,6 @@ def test_wrong_method_is_405_with_allow(
 def test_unknown_path_is_404_naming_the_endpoints(
     client: httpx.Client, method: str, path: str
 ) -> None:
-    assert_refused(client.request(method, path), 404, f"no endpoint {path}: POST images to")
+    assert_refused(client.request(method, path), 404, f"no endpoint {path}: POST /predict_image")
     after = client.post("/predict_image", **GOOD_REQUESTS["/predict_image"])
     assert after.status_code == 200, after.text
