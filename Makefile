@@ -9,7 +9,7 @@ PORT ?= 3000
 DOCS_PORT ?= 8000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install scale data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
+.PHONY: help install docs-assets scale data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -66,6 +66,22 @@ $(PLOTS_TEMPLATE): | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)) $(PLOTS_TEMPLATE)
 
+# The docs site draws the README's flow chart with Mermaid. mkdocs-material fetches Mermaid 11 from
+# unpkg unless the page has loaded it already; this copy (npm pack, git-ignored) makes the site
+# render offline. Without npm the site still builds, and the chart needs the CDN.
+MERMAID_VERSION := 11.17.2
+MERMAID := docs/javascripts/mermaid.min.js
+$(MERMAID):
+	@mkdir -p $(@D); work=$$(mktemp -d); \
+	if command -v npm >/dev/null 2>&1 \
+		&& (cd $$work && npm pack --silent mermaid@$(MERMAID_VERSION) >/dev/null 2>&1) \
+		&& tar -xzf $$work/mermaid-$(MERMAID_VERSION).tgz -C $$work package/dist/mermaid.min.js; then \
+		mv $$work/package/dist/mermaid.min.js $@ && echo "$@: Mermaid $(MERMAID_VERSION) for the docs site"; \
+	else echo "npm could not fetch Mermaid: the docs site's flow chart will load it from a CDN"; fi; \
+	rm -rf $$work
+
+docs-assets: $(MERMAID)
+
 # $(call apt_install,PACKAGES,WHAT HAPPENS WITHOUT THEM): install Debian packages when we may
 # (root or passwordless sudo); otherwise say what that means.
 define apt_install
@@ -116,7 +132,7 @@ repro: install data
 
 # PYTEST_ARGS passes options to pytest (CI: --durations=15, the slowest tests).
 PYTEST_ARGS ?=
-test: npm install scale data postgres browser
+test: npm install docs-assets scale data postgres browser
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -152,7 +168,7 @@ bench: install
 
 # The documentation site (docs/, mkdocs.yml), rebuilt on every edit. `make test` builds it with
 # --strict (tests/unit/test_docs.py), so a broken link fails there.
-docs: install
+docs: install docs-assets
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 clean:

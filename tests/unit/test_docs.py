@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import chromium
 from tests.support.servers import REPO_ROOT, free_port
 
 README = REPO_ROOT / "README.md"
@@ -120,3 +121,23 @@ def test_make_docs_serves_the_site_on_loopback() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def drawn_home(site: Path) -> str:
+    """The site's home page after its scripts ran, in offline headless Chromium."""
+    return chromium.rendered_dom((site / "index.html").as_uri(), budget_ms=20000)
+
+
+def test_the_home_page_draws_the_flow_chart_offline(site: Path, tmp_path: Path) -> None:
+    """The README's Mermaid flow is drawn on the site with nothing fetched from the internet:
+    mkdocs-material draws it with the Mermaid the site carries (`make docs-assets`) into a
+    `div.mermaid` in place of its code. Without that copy the offline page keeps the code."""
+    if not (site / "javascripts" / "mermaid.min.js").is_file():
+        pytest.skip("no docs/javascripts/mermaid.min.js: `make docs-assets` fetches it with npm")
+    dom = drawn_home(site)
+    assert '<div class="mermaid"></div>' in dom, "the flow chart was not drawn"
+    assert "flowchart LR" not in dom, "the flow chart is still shown as code"
+    without = tmp_path / "site"
+    shutil.copytree(site, without)
+    (without / "javascripts" / "mermaid.min.js").unlink()
+    assert "flowchart LR" in drawn_home(without)
