@@ -7,6 +7,7 @@ comma := ,
 EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
 PORT ?= 3000
 DOCS_PORT ?= 8000
+UI_PORT ?= 5000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
 .PHONY: help install docs-assets scale data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
@@ -15,7 +16,7 @@ help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
 	@echo "make test    install and run every test (slow ones included)"
 	@echo "make serve   serve the registered champion with BentoML on 127.0.0.1:$(PORT)"
-	@echo "make ui      MLflow UI on 127.0.0.1:5000"
+	@echo "make ui      MLflow UI on 127.0.0.1:$(UI_PORT)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make docs    the documentation site on 127.0.0.1:$(DOCS_PORT)"
 
@@ -148,8 +149,8 @@ format: install
 
 # MLflow 3's UI opens on its GenAI views unless told otherwise: the link picks "Model training".
 ui: install
-	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port 5000
+	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port $(UI_PORT)
 
 # The champion goes into the BentoML store first; the service then serves exactly that tag.
 serve: install

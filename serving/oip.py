@@ -25,6 +25,8 @@ HEADER_LENGTH = "inference-header-content-length"
 # The datatypes this model takes, as numpy little-endian types.
 DATATYPES = {"FP32": np.dtype("<f4"), "UINT8": np.dtype("u1")}
 EXTENSIONS = ("binary_tensor_data",)
+# What runs the model, in Triton's words: onnxruntime on an ONNX file.
+PLATFORM = "onnxruntime_onnx"
 SEND = (
     f"send one input named {INPUT!r} with datatype FP32 (values in [0, 1]) or UINT8 (0-255)"
     f" and shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}]"
@@ -49,7 +51,7 @@ def model_metadata(*, name: str, version: str, class_names: tuple[str, ...]) -> 
     return {
         "name": name,
         "versions": [version],
-        "platform": "keras",
+        "platform": PLATFORM,
         "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE]}],
         "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(class_names)]}],
         "parameters": {"input_datatypes": list(DATATYPES), "class_names": list(class_names)},

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from serving import endpoints, oip
+from serving import endpoints, oip, preprocess
 
 APP_TAG, OIP_TAG, PAGE_TAG = endpoints.APP_TAG, endpoints.OIP_TAG, endpoints.PAGE_TAG
 INFRA_TAG = "Infrastructure"
@@ -184,7 +184,7 @@ def upload_paths(*, max_images: int, max_body_bytes: int) -> dict[str, Any]:
     single = _operation(
         APP_TAG,
         "Classify one image",
-        "One image file (PNG, JPEG, BMP, GIF, WebP...; any size and mode), as the multipart"
+        f"One image file ({preprocess.FORMAT_NAMES}; any size and mode), as the multipart"
         f" field `image` or as the raw body. Bodies up to {max_body_bytes} bytes.",
         operationId="predict_image",
         parameters=[show_input],

@@ -23,6 +23,8 @@ MNIST_CONTENT_SIZE = 20
 # Decoders we accept. Pillow knows dozens of formats; rarely used decoders are attack surface a
 # service that receives images from strangers does not need.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+# The same list as people write it: every message, the API document and the docs say this.
+FORMAT_NAMES = "PNG, JPEG, BMP, GIF or WebP"
 # Pixels must stand out from the background by this fraction of full scale to count as content,
 # so JPEG noise and paper texture neither defeat the crop nor make a blank image look drawn on.
 CONTENT_THRESHOLD = 0.1
@@ -44,15 +46,14 @@ class ImageError(ValueError):
 def load_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode image bytes (PNG, JPEG, BMP, GIF's first frame, WebP), rejecting oversized images."""
     if not data:
-        raise ImageError("the image is empty (0 bytes); send the bytes of a PNG, JPEG or WebP file")
-    names = ", ".join(FORMATS)
+        raise ImageError(f"the image is empty (0 bytes); send the bytes of a {FORMAT_NAMES} file")
     try:
         # Image.open reads only the header, so the size check below runs before any pixel data is
         # decompressed. Pillow raises its own DecompressionBombError here for absurd sizes.
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise ImageError(
-            f"the data ({len(data)} bytes) is not an image in a supported format ({names})"
+            f"the data ({len(data)} bytes) is not an image in a supported format ({FORMAT_NAMES})"
         ) from None
     except Image.DecompressionBombError as error:
         raise ImageError(f"the image is too large: {error}; send a smaller image") from None

@@ -385,3 +385,27 @@ ZEROS = [[0] * 28] * 28
 def test_bad_pixels_are_refused(pixels: object, message: str) -> None:
     with pytest.raises(ImageError, match=message):
         preprocess.pixels_to_batch(pixels, max_items=8)
+
+
+def test_one_list_of_formats_in_every_message_and_page() -> None:
+    """The decoders accepted, the errors, the API document and the docs name the same formats."""
+    from serving import openapi
+    from tests.support.servers import REPO_ROOT
+
+    named = preprocess.FORMAT_NAMES.replace(" or ", ", ").upper().split(", ")
+    assert sorted(named) == sorted(preprocess.FORMATS)
+    for data in (b"", b"not an image"):
+        with pytest.raises(ImageError, match=preprocess.FORMAT_NAMES):
+            preprocess.load_image(data, max_pixels=1000)
+    upload = openapi.upload_paths(max_images=4, max_body_bytes=1024)["/predict_image"]["post"]
+    assert preprocess.FORMAT_NAMES in upload["description"]
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    mentions = [
+        (page.name, line)
+        for page in pages
+        for line in page.read_text().splitlines()
+        if "PNG, JPEG" in line or "PNG or JPEG" in line
+    ]
+    assert mentions, "the docs name no image formats"
+    for page, line in mentions:
+        assert preprocess.FORMAT_NAMES in line, f"{page}: {line}"

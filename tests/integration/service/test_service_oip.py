@@ -38,6 +38,7 @@ def test_model_metadata_declares_the_tensors(client: httpx.Client) -> None:
         metadata = client.get(path).json()
         assert metadata["name"] == "shapes"
         assert metadata["versions"] == ["1"]
+        assert metadata["platform"] == "onnxruntime_onnx"
         assert metadata["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}]
         assert metadata["outputs"] == [
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(SHAPES)]}
