@@ -196,6 +196,8 @@ class Int8Config:
     min_agreement: float = 0.995
     # Training images the quantizer calibrates its activation ranges on (never test images).
     calibration_images: int = 1000
+    # Most validation ECE (expected calibration error) int8 may add, in percentage points.
+    max_ece_increase: float = 0.5
 
     def __post_init__(self) -> None:
         if self.max_accuracy_drop < 0.0:
@@ -206,6 +208,11 @@ class Int8Config:
         if not 0.0 < self.min_agreement <= 1.0:
             raise ConfigError(
                 f"evaluate.int8.min_agreement must be in (0, 1], got {self.min_agreement}"
+            )
+        if self.max_ece_increase < 0.0:
+            raise ConfigError(
+                "evaluate.int8.max_ece_increase must be at least 0 (percentage points), got"
+                f" {self.max_ece_increase}"
             )
         if self.calibration_images < 1:
             raise ConfigError(

@@ -11,6 +11,7 @@ ONNX. Keras, tf2onnx and onnxruntime's quantizer are imported by the functions t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import logging
@@ -36,6 +37,12 @@ INT8_FILE = "model.int8.onnx"
 # Largest difference between a Keras and an ONNX Runtime probability that passes the check.
 TOLERANCE = 1e-5
 BATCH = 1024
+# Ops whose weights make a layer cost. The quantizer leaves the last of them and everything after
+# it (the classifier head, the softmax) in float: the answers stay probabilities that sum to 1,
+# not multiples of 1/255, for a cost that is small beside the layers before.
+WEIGHTED = ("MatMul", "Gemm", "Conv")
+# A served file's probabilities must sum to 1 within this on every validation image.
+MAX_SUM_ERROR = 1e-5
 
 
 class ExportMismatch(RuntimeError):
@@ -230,9 +237,22 @@ class _Calibration:
         return next(self._batches, None)
 
 
+def head_nodes(path: Path) -> list[str]:
+    """The names of the graph's nodes from its last weighted op (`WEIGHTED`) to the output.
+
+    ONNX keeps nodes in topological order, so these are the head and what follows it."""
+    import onnx
+
+    nodes = list(onnx.load(str(path)).graph.node)
+    weighted = [index for index, node in enumerate(nodes) if node.op_type in WEIGHTED]
+    start = weighted[-1] if weighted else len(nodes)
+    return [node.name for node in nodes[start:]]
+
+
 def quantize(fp32: Path, int8: Path, calibration_images: np.ndarray) -> Path:
     """Statically quantize `fp32` into `int8`: QDQ, per-channel int8 weights, uint8 activations
-    whose ranges come from `calibration_images` (training images: never test ones)."""
+    whose ranges come from `calibration_images` (training images: never test ones). The head and
+    the softmax stay float (`head_nodes`)."""
     from onnxruntime import quantization
 
     name = session(fp32).get_inputs()[0].name
@@ -250,6 +270,7 @@ def quantize(fp32: Path, int8: Path, calibration_images: np.ndarray) -> Path:
                 per_channel=True,
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
+                nodes_to_exclude=head_nodes(prepared),
             )
     return int8
 
@@ -264,6 +285,10 @@ class Int8Decision:
     int8_val_accuracy: float
     # Fraction of validation images whose class int8 keeps.
     agreement: float
+    # The largest distance from 1 of an int8 answer's sum, and both files' ECE, on validation.
+    int8_max_sum_error: float
+    fp32_ece: float
+    int8_ece: float
 
     @property
     def served_file(self) -> str:
@@ -276,30 +301,61 @@ class Int8Decision:
             "onnx_fp32_val_accuracy": f"{self.fp32_val_accuracy:.6f}",
             "onnx_int8_val_accuracy": f"{self.int8_val_accuracy:.6f}",
             "onnx_int8_agreement": f"{self.agreement:.6f}",
+            "onnx_int8_max_sum_error": f"{self.int8_max_sum_error:.3g}",
+            "onnx_fp32_val_ece": f"{self.fp32_ece:.6f}",
+            "onnx_int8_val_ece": f"{self.int8_ece:.6f}",
         }
 
 
 def decide(
     rule: Int8Config, *, labels: np.ndarray, fp32: np.ndarray, int8: np.ndarray
 ) -> Int8Decision:
-    """Apply `evaluate.int8` to the two files' validation probabilities."""
+    """Apply `evaluate.int8` to the two files' validation probabilities: int8 is served when it
+    keeps the classes (accuracy and agreement), its answers are probabilities (they sum to 1)
+    and it is calibrated as well as float32 (ECE)."""
+    from pipeline.model.calibration import expected_calibration_error
+
     fp32_classes, int8_classes = fp32.argmax(axis=1), int8.argmax(axis=1)
-    fp32_accuracy = float((fp32_classes == labels).mean())
-    int8_accuracy = float((int8_classes == labels).mean())
-    agreement = float((fp32_classes == int8_classes).mean())
-    drop = 100.0 * (fp32_accuracy - int8_accuracy)
-    figures = (
-        f"validation accuracy {100 * fp32_accuracy:.2f}% -> {100 * int8_accuracy:.2f}%"
-        f" ({drop:+.2f} points lost, at most {rule.max_accuracy_drop:g} allowed); the same class"
-        f" for {100 * agreement:.2f}% of images (at least {100 * rule.min_agreement:g}% needed)"
+    figures = Int8Decision(
+        served="fp32",
+        reason="",
+        fp32_val_accuracy=float((fp32_classes == labels).mean()),
+        int8_val_accuracy=float((int8_classes == labels).mean()),
+        agreement=float((fp32_classes == int8_classes).mean()),
+        int8_max_sum_error=float(np.abs(int8.sum(axis=1, dtype=np.float64) - 1.0).max()),
+        fp32_ece=expected_calibration_error(fp32, labels),
+        int8_ece=expected_calibration_error(int8, labels),
     )
+    said, kept = _judged(rule, figures)
     if rule.serve == "fp32":
-        served, reason = "fp32", f"fp32 forced by evaluate.int8.serve; {figures}"
-    elif drop <= rule.max_accuracy_drop + 1e-9 and agreement >= rule.min_agreement:
-        served, reason = "int8", f"int8 keeps the answers: {figures}"
+        served, reason = "fp32", f"fp32 forced by evaluate.int8.serve; {said}"
+    elif kept:
+        served, reason = "int8", f"int8 keeps the answers: {said}"
     else:
-        served, reason = "fp32", f"int8 does not keep the answers: {figures}"
-    return Int8Decision(served, reason, fp32_accuracy, int8_accuracy, agreement)
+        served, reason = "fp32", f"int8 does not keep the answers: {said}"
+    return dataclasses.replace(figures, served=served, reason=reason)
+
+
+def _judged(rule: Int8Config, figures: Int8Decision) -> tuple[str, bool]:
+    """What the rule looked at, in words, and whether int8 passes it."""
+    drop = 100.0 * (figures.fp32_val_accuracy - figures.int8_val_accuracy)
+    ece_rise = 100.0 * (figures.int8_ece - figures.fp32_ece)
+    said = (
+        f"validation accuracy {100 * figures.fp32_val_accuracy:.2f}% ->"
+        f" {100 * figures.int8_val_accuracy:.2f}% ({drop:+.2f} points lost, at most"
+        f" {rule.max_accuracy_drop:g} allowed); the same class for {100 * figures.agreement:.2f}%"
+        f" of images (at least {100 * rule.min_agreement:g}% needed); probabilities sum to 1"
+        f" within {figures.int8_max_sum_error:.1g} (at most {MAX_SUM_ERROR:g} allowed); ECE"
+        f" {100 * figures.fp32_ece:.2f}% -> {100 * figures.int8_ece:.2f}% ({ece_rise:+.2f}"
+        f" points, at most {rule.max_ece_increase:g} allowed)"
+    )
+    kept = (
+        drop <= rule.max_accuracy_drop + 1e-9
+        and figures.agreement >= rule.min_agreement
+        and figures.int8_max_sum_error <= MAX_SUM_ERROR
+        and ece_rise <= rule.max_ece_increase + 1e-9
+    )
+    return said, kept
 
 
 @dataclass(frozen=True)

@@ -85,12 +85,38 @@ def test_the_int8_rule(int8_wrong, int8_moved, serve, served, why):
     assert tags["onnx_served"] == served and tags["onnx_int8_decision"] == decision.reason
 
 
+def test_int8_answers_must_be_probabilities_and_as_calibrated():
+    """The same classes are not enough: int8 answers that do not sum to 1, or that are worse
+    calibrated by more than `max_ece_increase` points, leave float32 served."""
+    labels = np.arange(1000) % 5
+    fp32 = probabilities_with_classes(labels)
+    decide = onnx_export.decide
+    assert decide(RULE, labels=labels, fp32=fp32, int8=fp32.copy()).served == "int8"
+    unnormalised = fp32 * np.float32(0.99)
+    refused = decide(RULE, labels=labels, fp32=fp32, int8=unnormalised)
+    assert refused.served == "fp32" and "sum to 1 within 0.01" in refused.reason
+    assert refused.int8_max_sum_error == pytest.approx(0.01, abs=1e-6)
+    # float32 right on 92% with 92% confidence (calibrated); int8 gives the same classes, each
+    # 100% sure: 8 points of ECE more than allowed.
+    classes = labels.copy()
+    classes[:80] = (labels[:80] + 1) % 5
+    calibrated = np.eye(5, dtype=np.float32)[classes] * 0.9 + 0.02
+    overconfident = np.eye(5, dtype=np.float32)[classes]
+    refused = decide(RULE, labels=labels, fp32=calibrated, int8=overconfident)
+    assert refused.served == "fp32" and refused.agreement == 1.0
+    assert refused.int8_ece - refused.fp32_ece == pytest.approx(0.08)
+    tags = refused.as_tags()
+    assert float(tags["onnx_fp32_val_ece"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(tags["onnx_int8_val_ece"]) == pytest.approx(0.08)
+
+
 @pytest.mark.parametrize(
     ("section", "message"),
     [
         ({"max_accuracy_drop": -0.1}, "evaluate.int8.max_accuracy_drop must be at least 0"),
         ({"min_agreement": 1.5}, "evaluate.int8.min_agreement must be in (0, 1]"),
         ({"calibration_images": 0}, "evaluate.int8.calibration_images must be at least 1"),
+        ({"max_ece_increase": -1}, "evaluate.int8.max_ece_increase must be at least 0"),
         ({"serve": "int4"}, "evaluate.int8.serve: 'int4' is not one of ['auto', 'fp32']"),
         ({"threshold": 1}, "unknown key(s) ['evaluate.int8.threshold']"),
     ],
@@ -116,7 +142,13 @@ def test_an_export_is_checked_against_keras_and_quantizes(tmp_path: Path):
     assert np.abs(quantized - expected).max() < 0.1
     import onnx
 
-    assert "DequantizeLinear" in {node.op_type for node in onnx.load(str(int8)).graph.node}
+    graph = onnx.load(str(int8)).graph
+    assert "DequantizeLinear" in {node.op_type for node in graph.node}
+    # The head and its softmax stay float: the answers are probabilities, not steps of 1/255.
+    assert np.abs(quantized.sum(axis=1) - 1).max() <= onnx_export.MAX_SUM_ERROR
+    assert len(np.unique(quantized)) > 0.9 * quantized.size
+    last = next(node for node in graph.node if graph.output[0].name in node.output)
+    assert last.op_type == "Softmax"
 
 
 def tampering(layer: str):
