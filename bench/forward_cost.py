@@ -48,13 +48,13 @@ def traced(model):
 
 def onnx_functions(model, folder: Path, *, threads: int, calibration: np.ndarray) -> dict:
     """The model's float32 ONNX export and its int8 quantization, as functions of images."""
-    from pipeline.model import onnx_export
+    from pipeline.model import int8, onnx_export
     from serving.model import open_session
 
     fp32 = onnx_export.export(model, folder / onnx_export.FP32_FILE)
-    int8 = onnx_export.quantize(fp32, folder / onnx_export.INT8_FILE, calibration)
+    int8_file = int8.quantize(fp32, folder / onnx_export.INT8_FILE, calibration)
     functions = {}
-    for runtime, path in (("onnx fp32", fp32), ("onnx int8", int8)):
+    for runtime, path in (("onnx fp32", fp32), ("onnx int8", int8_file)):
         session = open_session(path, threads=threads)
         name = session.get_inputs()[0].name
         functions[runtime] = lambda images, s=session, n=name: s.run(None, {n: images})[0]

@@ -27,7 +27,7 @@ from pipeline import config, contracts, io, stopping, tracking
 from pipeline.champion import handoff, scoring
 from pipeline.champion.scoring import Evaluation, Labelled, VariantEvaluation
 from pipeline.figures import confusion_figure, misclassified_figure, reliability_figure
-from pipeline.model import calibration, devices, onnx_export
+from pipeline.model import calibration, devices, int8
 
 if TYPE_CHECKING:
     import keras
@@ -192,7 +192,7 @@ def log_served_model(
     URI and the ONNX tags for its registered version. The files are checked before anything is
     logged."""
     with tempfile.TemporaryDirectory() as scratch:
-        onnx_files = onnx_export.build_files(
+        onnx_files = int8.build_files(
             served, Path(scratch), val=val, test=test, train_images=train_images, rule=rule
         )
         stopping.checkpoint()

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pipeline.champion.registry import VersionTags
-from pipeline.model import onnx_export
+from pipeline.model import int8, onnx_export
 from serving.tools import package
 from tests.support import bento, shapes
 from tests.support.shapes import SHAPES
@@ -248,7 +248,7 @@ def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha2
     folder = tmp_path / "onnx"
     onnx_export.export(model, folder / onnx_export.FP32_FILE)
     images = np.random.default_rng(1).random((40, 28, 28), dtype=np.float32)
-    onnx_export.quantize(folder / "model.onnx", folder / "model.int8.onnx", images)
+    int8.quantize(folder / "model.onnx", folder / "model.int8.onnx", images)
     tags = {
         "onnx_file": onnx_export.INT8_FILE,
         "onnx_served": "int8",

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
-from pipeline.model import onnx_export
+from pipeline.model import int8, onnx_export
 
 RULE = config.Int8Config()
 
@@ -71,7 +71,7 @@ def test_the_int8_rule(int8_wrong, int8_moved, serve, served, why):
     int8_classes[100 : 100 + int8_wrong] = (labels[100 : 100 + int8_wrong] + 1) % 5
     # Images both get wrong, moved to another wrong class: the accuracy stays, the classes move.
     int8_classes[:int8_moved] = (labels[:int8_moved] + 2) % 5
-    decision = onnx_export.decide(
+    decision = int8.decide(
         config.Int8Config(serve=serve),
         labels=labels,
         fp32=probabilities_with_classes(fp32_classes),
@@ -90,7 +90,7 @@ def test_int8_answers_must_be_probabilities_and_as_calibrated():
     calibrated by more than `max_ece_increase` points, leave float32 served."""
     labels = np.arange(1000) % 5
     fp32 = probabilities_with_classes(labels)
-    decide = onnx_export.decide
+    decide = int8.decide
     assert decide(RULE, labels=labels, fp32=fp32, int8=fp32.copy()).served == "int8"
     unnormalised = fp32 * np.float32(0.99)
     refused = decide(RULE, labels=labels, fp32=fp32, int8=unnormalised)
@@ -135,17 +135,17 @@ def test_an_export_is_checked_against_keras_and_quantizes(tmp_path: Path):
     agreement = onnx_export.export_checked(model, tmp_path, images(200))
     assert agreement.exact and agreement.images == 200
     assert agreement.max_difference <= onnx_export.TOLERANCE
-    int8 = onnx_export.quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", images(50))
-    quantized = onnx_export.onnx_probabilities(int8, images(200, seed=1))
+    int8_file = int8.quantize(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", images(50))
+    quantized = onnx_export.onnx_probabilities(int8_file, images(200, seed=1))
     expected = np.asarray(model(images(200, seed=1)))
     # Quantized, so not equal; but close, and it is a real int8 file (QDQ nodes).
     assert np.abs(quantized - expected).max() < 0.1
     import onnx
 
-    graph = onnx.load(str(int8)).graph
+    graph = onnx.load(str(int8_file)).graph
     assert "DequantizeLinear" in {node.op_type for node in graph.node}
     # The head and its softmax stay float: the answers are probabilities, not steps of 1/255.
-    assert np.abs(quantized.sum(axis=1) - 1).max() <= onnx_export.MAX_SUM_ERROR
+    assert np.abs(quantized.sum(axis=1) - 1).max() <= int8.MAX_SUM_ERROR
     assert len(np.unique(quantized)) > 0.9 * quantized.size
     last = next(node for node in graph.node if graph.output[0].name in node.output)
     assert last.op_type == "Softmax"
