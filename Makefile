@@ -152,14 +152,26 @@ ui: install
 	@echo "MLflow UI: http://127.0.0.1:$(UI_PORT)/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath mlflow.db)" --host 127.0.0.1 --port $(UI_PORT)
 
-# The champion goes into the BentoML store first; the service then serves exactly that tag.
+# The champion goes into the BentoML store first; the service then serves exactly that tag and,
+# unless FOLLOW=0, follows the registry: serving.tools.follow keeps .bentoml/serving-tag on the
+# alias (every FOLLOW_INTERVAL seconds) and every worker swaps to the model it names, checked,
+# without a restart. Stopping the service stops the follower too.
+FOLLOW ?= 1
+FOLLOW_INTERVAL ?= 5
 serve: install
 	@mkdir -p .bentoml
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
-		$(BIN)/python -m serving.tools.package --tag-file .bentoml/serving-tag
+		$(BIN)/python -m serving.tools.follow --once --tag-file .bentoml/serving-tag
 	@echo "Try the model at http://127.0.0.1:$(PORT)/ui (API: http://127.0.0.1:$(PORT)/; predictions recorded under $${MONITOR_DIR:-monitoring}/)"
-	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
-		BENTO_MODEL="$$(cat .bentoml/serving-tag)" \
+	@export PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}"; \
+	if [ "$(FOLLOW)" = 1 ]; then \
+		$(BIN)/python -m serving.tools.follow --tag-file .bentoml/serving-tag \
+			--interval $(FOLLOW_INTERVAL) & follower=$$!; \
+		trap 'kill $$follower 2>/dev/null' EXIT INT TERM; \
+		export FOLLOW_FILE="$(abspath .bentoml/serving-tag)"; \
+		echo "Following the registry's champion (FOLLOW=0 to serve this version only)"; \
+	fi; \
+	BENTO_MODEL="$$(cat .bentoml/serving-tag)" \
 		$(BIN)/bentoml serve serving.service:Classifier --host 127.0.0.1 --port $(PORT)
 
 bench: install

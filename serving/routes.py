@@ -64,7 +64,9 @@ def _show_input(request: Request) -> bool:
     return value in ("true", "1")
 
 
-def _watched(endpoint: str, batch: np.ndarray, probabilities: np.ndarray) -> BackgroundTask:
+def _watched(
+    endpoint: str, model: ServedModel, batch: np.ndarray, probabilities: np.ndarray
+) -> BackgroundTask:
     """The watch's record of an answer, written once the answer is on its way. A coroutine, so
     Starlette runs it in the event loop: a sync task would cost a hop to its thread pool, which
     is more than the record itself. A batch's rows go a step at a time (`record_in_steps`)."""
@@ -72,7 +74,11 @@ def _watched(endpoint: str, batch: np.ndarray, probabilities: np.ndarray) -> Bac
 
     async def record() -> None:
         await service.watch.record_in_steps(
-            endpoint, batch, probabilities, step=service.settings.batch_chunk_items
+            endpoint,
+            batch,
+            probabilities,
+            step=service.settings.batch_chunk_items,
+            model_version=model.version,
         )
 
     return BackgroundTask(record)
@@ -84,30 +90,33 @@ async def predict_image(request: Request) -> JSONResponse:
     service = _service()
     show_input = _show_input(request)
     images = await uploads.uploads(request, field="image", max_count=1)
-    batch = _model_inputs(service.model, service.settings, images, "image")
-    probabilities = service.model.probabilities(batch)
-    answer = service.model.results(probabilities)[0]
+    # The model is taken once: a swap (serving.follow) never mixes two versions in one answer.
+    model = service.served.model
+    batch = _model_inputs(model, service.settings, images, "image")
+    probabilities = model.probabilities(batch)
+    answer = model.results(probabilities)[0]
     if show_input:
         answer["input"] = np.round(batch[0].astype(np.float64), INPUT_DECIMALS).tolist()
-    return JSONResponse(answer, background=_watched("predict_image", batch, probabilities))
+    return JSONResponse(answer, background=_watched("predict_image", model, batch, probabilities))
 
 
 async def predict_images(request: Request) -> JSONResponse:
     """Several images, as repeated multipart file fields `images`; answers in the same order."""
     service = _service()
     images = await uploads.uploads(request, field="images", max_count=service.settings.max_images)
-    batch = _model_inputs(service.model, service.settings, images, "images")
+    model = service.served.model
+    batch = _model_inputs(model, service.settings, images, "images")
     probabilities = await batching.probabilities(
-        service.model.probabilities, batch, service.settings.batch_chunk_items
+        model.probabilities, batch, service.settings.batch_chunk_items
     )
     return JSONResponse(
-        service.model.results(probabilities),
-        background=_watched("predict_images", batch, probabilities),
+        model.results(probabilities),
+        background=_watched("predict_images", model, batch, probabilities),
     )
 
 
 def _known_model(request: Request) -> ServedModel:
-    model = _service().model
+    model = _service().served.model
     name = request.path_params["name"]
     version = request.path_params.get("version")
     if name != model.name:
@@ -150,8 +159,8 @@ async def api_document(request: Request) -> JSONResponse:
     document = openapi.document(
         service.bento_service.openapi_spec.asdict(),
         service=service.bento_service.name,
-        model_name=service.model.name,
-        model_version=service.model.version,
+        model_name=service.served.model.name,
+        model_version=service.served.model.version,
         software_version=_software_version(),
         limits={
             "max_images": settings.max_images,
@@ -199,7 +208,7 @@ async def infer(request: Request) -> Response:
         binary=parsed.binary_output,
     )
     return Response(
-        body, headers=headers, background=_watched("oip_infer", parsed.images, probabilities)
+        body, headers=headers, background=_watched("oip_infer", model, parsed.images, probabilities)
     )
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +25,7 @@ from pydantic import AfterValidator
 
 from serving import batching, deadline, failfast, pixels_json, preprocess, routes
 from serving.edge import Edge
+from serving.follow import Follower, Served, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
@@ -87,19 +90,21 @@ class Classifier:
         try:
             self.settings = Settings.from_env()
             info = dict(self.model_ref.info.metadata)
-            self.model = ServedModel.load(
+            model = ServedModel.load(
                 Path(self.model_ref.path_of(served_file(info))),
                 info=info,
                 version=str(self.model_ref.tag.version),
-                threads=threads_per_worker(self.settings.model_threads, DECLARED.workers),
+                threads=self.threads,
             )
         except Exception as error:
             failfast.stop_server(f"model {DECLARED.model_tag}: {type(error).__name__}: {error}")
             raise
+        # What this worker serves; `serving.follow` replaces it whole when the model changes.
+        self.served = Served(model, str(self.model_ref.tag), time.time())
         self.watch = Watch(
-            model_name=self.model.name,
-            model_version=self.model.version,
-            class_names=self.model.class_names,
+            model_name=model.name,
+            model_version=model.version,
+            class_names=model.class_names,
             pixel_rate=self.settings.monitor_pixel_rate,
             pruner=Pruner(
                 Path(DECLARED.monitor_dir) / MONITOR_NAME,
@@ -107,7 +112,8 @@ class Classifier:
             ),
         )
         self.watch.pruner.maybe_prune()
-        log.info("serving %s v%s (%s)", self.model.name, self.model.version, DECLARED.model_tag)
+        log.info("serving %s v%s (%s)", model.name, model.version, DECLARED.model_tag)
+        self.follower = self._follow()
         # What is alive now (modules, the model, BentoML) lives as long as the worker: kept out of
         # the garbage collector's full passes, which otherwise walk it all every few seconds.
         gc.freeze()
@@ -128,12 +134,35 @@ class Classifier:
         BentoML runs this in a thread; the merged batch goes to the model in chunks.
         """
         chunk = self.settings.batch_chunk_items
-        return self.model.results(batching.in_chunks(self.model.probabilities, pixels, chunk))
+        model = self.served.model  # once: the whole batch is answered by one version
+        return model.results(batching.in_chunks(model.probabilities, pixels, chunk))
 
     @bentoml.api
     def metadata(self) -> dict[str, Any]:
-        """Registered name, version, variant, dataset, classes, metrics and provenance."""
-        return self.model.info | {"bento_model": str(self.model_ref.tag)}
+        """Registered name, version, variant, dataset, classes, metrics and provenance; the
+        BentoML model served and since when."""
+        served = self.served
+        since = datetime.fromtimestamp(served.since, UTC).isoformat(timespec="seconds")
+        return served.model.info | {"bento_model": served.tag, "served_since": since}
+
+    @property
+    def threads(self) -> int:
+        return threads_per_worker(self.settings.model_threads, DECLARED.workers)
+
+    def _follow(self) -> Follower | None:
+        """Follow FOLLOW_FILE when it is set (serving.follow); None otherwise."""
+        if not self.settings.follow_file:
+            return None
+        follower = Follower(
+            Path(self.settings.follow_file),
+            interval=self.settings.follow_poll_ms / 1000,
+            get=lambda: self.served,
+            put=lambda served: setattr(self, "served", served),
+            load=lambda tag: load_candidate(tag, threads=self.threads),
+        )
+        follower.start()
+        log.info("following the model named in %s", self.settings.follow_file)
+        return follower
 
 
 deadline.install()

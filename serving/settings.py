@@ -47,6 +47,11 @@ class Settings:
     monitor_keep_days: int = 30
     # ... and the oldest of them while all the records hold more bytes than this (0: no limit).
     monitor_keep_bytes: int = 0
+    # A file naming the BentoML model tag to serve: every worker follows it (serving.follow).
+    # Empty: serve the model the service started with, always (a built bento, say).
+    follow_file: str = ""
+    # How often each worker reads that file, in milliseconds.
+    follow_poll_ms: int = 1000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +63,9 @@ class Settings:
             name = field.name.upper()
             text = environ.get(name)
             if text is None or text == "":
+                continue
+            if field.type in ("str", str):
+                values[field.name] = text
                 continue
             if field.type in ("float", float):
                 values[field.name] = _fraction(name, text)

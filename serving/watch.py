@@ -106,14 +106,17 @@ class Watch:
         images: np.ndarray,
         probabilities: np.ndarray,
         labels: np.ndarray | None = None,
+        *,
+        model_version: str | None = None,
     ) -> None:
         """One row per image the service answered at `endpoint`, in the current request's
         context (which gives the rows its request id). `labels` are the answered classes
-        (default: the most probable). A failure to record is logged, never the client's
+        (default: the most probable), `model_version` the version that answered (default: the
+        one the watch started with). A failure to record is logged, never the client's
         problem: the answer stands."""
         try:
             labels = probabilities.argmax(axis=1) if labels is None else np.asarray(labels)
-            self._record(endpoint, images, probabilities, labels)
+            self._record(endpoint, images, probabilities, labels, model_version)
         except Exception:
             log.exception("could not record %d prediction(s) of %s", len(images), endpoint)
         if self.pruner is not None:
@@ -127,6 +130,7 @@ class Watch:
         labels: np.ndarray | None = None,
         *,
         step: int,
+        model_version: str | None = None,
     ) -> None:
         """`record`, `step` images at a time with a pause for the event loop between steps: a
         batch's 256 rows hold the worker's interpreter ~5 ms in one go."""
@@ -138,12 +142,18 @@ class Watch:
                 images[part],
                 probabilities[part],
                 None if labels is None else labels[part],
+                model_version=model_version,
             )
             if start + step < len(images):
                 await asyncio.sleep(0)
 
     def columns(
-        self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+        self,
+        endpoint: str,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        labels: np.ndarray,
+        model_version: str | None = None,
     ) -> dict[str, tuple[list[Any], str, str]]:
         """The monitor's columns for these answers: name -> (values, role, kind)."""
         confidence = probabilities.max(axis=1).astype(np.float64)
@@ -151,7 +161,11 @@ class Watch:
         columns: dict[str, tuple[list[Any], str, str]] = {
             "endpoint": ([endpoint] * count, "feature", "categorical"),
             "model_name": ([self.model_name] * count, "feature", "categorical"),
-            "model_version": ([self.model_version] * count, "feature", "categorical"),
+            "model_version": (
+                [model_version or self.model_version] * count,
+                "feature",
+                "categorical",
+            ),
             "label": (labels.tolist(), "prediction", "categorical"),
             "class_name": (
                 [self.class_names[label] for label in labels],
@@ -168,11 +182,16 @@ class Watch:
         return columns
 
     def _record(
-        self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+        self,
+        endpoint: str,
+        images: np.ndarray,
+        probabilities: np.ndarray,
+        labels: np.ndarray,
+        model_version: str | None,
     ) -> None:
         import bentoml
 
-        columns = self.columns(endpoint, images, probabilities, labels)
+        columns = self.columns(endpoint, images, probabilities, labels, model_version)
         with bentoml.monitor(MONITOR_NAME) as monitor:
             for name, (values, role, kind) in columns.items():
                 monitor.log_batch(values, name, role, kind)
@@ -262,8 +281,10 @@ async def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
     import bentoml
 
     answered = predict_answers(kept, body)
-    if answered is not None:
+    if answered is not None and len(answered[0]):
         service = bentoml.get_current_service()
+        # The version that answered, which may be the one the worker serves no longer.
+        version = str(json.loads(body)[0]["model_version"])
         await service.watch.record_in_steps(
-            "predict", *answered, step=service.settings.batch_chunk_items
+            "predict", *answered, step=service.settings.batch_chunk_items, model_version=version
         )

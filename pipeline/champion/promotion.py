@@ -68,7 +68,13 @@ def converge(client: Any, name: str, *, data_sha256: str) -> str | None:
             best.version,
             best.tags[GATE_FIGURE],
         )
-        client.set_registered_model_alias(name, registry.CHAMPION, best.version)
+        registry.make_champion(
+            client,
+            name,
+            str(best.version),
+            reason=f"the best version the gate promoted on the same test data ({GATE_FIGURE}"
+            f" {best.tags[GATE_FIGURE]}), settled after evaluations at the same time",
+        )
     log.warning(
         "champion of %s still moving after %d reads; left at v%s", name, MAX_READS, best.version
     )

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import contracts
@@ -27,6 +28,9 @@ ONNX_PREFIX = "onnx_"
 GATE, PASSED = "gate", "passed"
 # The metric tag the gate compares versions by (one of METRIC_TAGS).
 GATE_FIGURE = "test_accuracy"
+# Tags a version gets each time it becomes champion (when, UTC ISO 8601, and why), and once it
+# is rolled back (when, by whom, why): together, the alias's history (`champion_history`).
+CHAMPION_SINCE, CHAMPION_REASON, ROLLED_BACK = "champion_since", "champion_reason", "rolled_back"
 
 
 class NoSuchVersion(LookupError):
@@ -52,7 +56,7 @@ class VersionTags:
     selected_by: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     # The ONNX files' tags (`onnx_*`: served file, sha256s, check, int8 decision), as
-    # `pipeline.model.onnx_export.OnnxFiles.as_tags` writes them; empty for a version without ONNX.
+    # `pipeline.model.int8.OnnxFiles.as_tags` writes them; empty for a version without ONNX.
     onnx: dict[str, str] = field(default_factory=dict)
 
     def as_tags(self) -> dict[str, str]:
@@ -121,6 +125,24 @@ def champion(client: Any, name: str) -> Any | None:
         return version_by_alias(client, name, CHAMPION)
     except NoSuchVersion:
         return None
+
+
+def make_champion(client: Any, name: str, version: str, *, reason: str) -> None:
+    """Point `champion` at `version`, recording on the version when and why."""
+    when = datetime.now(UTC).isoformat(timespec="microseconds")
+    client.set_model_version_tag(name, version, CHAMPION_SINCE, when)
+    client.set_model_version_tag(name, version, CHAMPION_REASON, reason[:500])
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def champion_history(client: Any, name: str) -> list[Any]:
+    """Every version of `name` that has held `champion`, by when it last took it (latest last)."""
+    held = [
+        version
+        for version in client.search_model_versions(f"name = '{name}'")
+        if CHAMPION_SINCE in version.tags
+    ]
+    return sorted(held, key=lambda version: version.tags[CHAMPION_SINCE])
 
 
 def challenger(client: Any, name: str) -> Any | None:
@@ -230,7 +252,7 @@ def promote(
         client.set_registered_model_alias(name, CHALLENGER, version)
         return Registration(name, version, False, reason, str(current.version))
     client.set_model_version_tag(name, version, GATE, PASSED)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    make_champion(client, name, version, reason=reason)
     waiting = challenger(client, name)
     if waiting is not None and str(waiting.version) == version:
         client.delete_registered_model_alias(name, CHALLENGER)

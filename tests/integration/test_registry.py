@@ -3,6 +3,8 @@ promotion gate."""
 
 from __future__ import annotations
 
+import time
+
 import mlflow
 import mlflow.keras
 import numpy as np
@@ -21,6 +23,10 @@ def test_first_version_becomes_champion_with_tags_and_description(model_registry
     assert version.run_id == run[0]
     assert version.source == run[1]
     # `gate: passed`: a contender when evaluations elsewhere promote at the same time.
+    # Becoming champion is recorded on the version: when and why (the alias's history).
+    since = version.tags.pop(registry.CHAMPION_SINCE)
+    assert since.startswith(f"{time.gmtime().tm_year}-") and since.endswith("+00:00")
+    assert version.tags.pop(registry.CHAMPION_REASON) == "first version: no champion yet"
     assert version.tags == {"variant": "tiny", "test_accuracy": "0.800000", "gate": "passed"}
     assert version.description == "tiny model, test accuracy 0.8"
     loaded = mlflow.keras.load_model(registry.alias_uri(NAME))

@@ -254,14 +254,18 @@ def bentoml_serve(
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, *, backend: str, timeout: float = 120.0) -> Iterator[Server]:
+def mlflow_server(
+    root: Path, *, backend: str, timeout: float = 120.0, env: Mapping[str, str] | None = None
+) -> Iterator[Server]:
     """A ready `mlflow server` on a free port of 127.0.0.1 with `backend` as its store and
-    proxied artefacts in `root`/artifacts (log in `root`); always stopped."""
+    proxied artefacts in `root`/artifacts (log in `root`), `env` added to its environment;
+    always stopped."""
     port = free_port()
     command = mlflow_server_command(port, backend=backend, artifacts=root / "artifacts")
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     # Background job runners (seven worker processes) serve features tests do not use.
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    environment |= dict(env or {})
     with running(
         "mlflow server", command, port=port, log=root / "server.log", env=environment, cwd=root
     ) as server:

@@ -96,7 +96,7 @@ class Rows(Watch):
         super().__init__("m", "1", ("a", "b", "c"))
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def _record(self, endpoint, images, probabilities, labels) -> None:
+    def _record(self, endpoint, images, probabilities, labels, model_version) -> None:
         self.calls.append((images, labels))
 
 

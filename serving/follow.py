@@ -1,0 +1,163 @@
+"""A worker follows the model it is told to serve, without a restart and without a lost request.
+
+A pointer file (`FOLLOW_FILE`) names the BentoML model tag to serve; `serving.tools.follow` keeps
+it on the registry's alias (`make serve` runs both). Every worker reads the file itself every
+`FOLLOW_POLL_S` seconds: a request reaches one worker, a file reaches them all. When the tag
+changes, the worker loads the candidate beside the served model and checks it (`check`): its
+served file has the sha256 its metadata records, it opens, has as many outputs as classes and
+answers a warm-up image; it classifies the same classes from the same input contract as the
+served model. Then one assignment swaps it in. A request takes the served model once, at its
+start, so it is answered wholly by one version (the one its answer names), and requests in flight
+finish on the version that started them. A refused candidate leaves the served model in place; the
+log and `/metrics` (`classifier_model_swaps_total`) say which version was refused and why, and
+it is tried again only when the file changes again. Nothing here talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from serving.model import ServedModel, file_sha256, served_file
+
+log = logging.getLogger("bentoml.serving")
+
+
+class Refused(ValueError):
+    """A candidate model that must not be served; the message says why, `reason` in one word."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a worker serves: the model, the BentoML tag it came from, since when (epoch s)."""
+
+    model: ServedModel
+    tag: str
+    since: float
+
+
+def read_pointer(path: Path) -> str | None:
+    """The tag the pointer file names, or None when it is missing or empty."""
+    try:
+        tag = path.read_text().strip()
+    except OSError:
+        return None
+    return tag or None
+
+
+def load_candidate(tag: str, *, threads: int) -> ServedModel:
+    """The BentoML model `tag`, opened and checked on its own (`Refused` says what is wrong)."""
+    import bentoml
+
+    try:
+        stored = bentoml.models.get(tag)
+    except bentoml.exceptions.NotFound:
+        raise Refused("missing", f"{tag} is not in the BentoML store") from None
+    info = dict(stored.info.metadata)
+    path = Path(stored.path_of(served_file(info)))
+    expected = (info.get("onnx") or {}).get("sha256")
+    if not path.is_file():
+        raise Refused("missing", f"{tag}: its served file {path.name} is missing")
+    if expected and file_sha256(path) != expected:
+        raise Refused(
+            "sha256",
+            f"{tag}: {path.name} has sha256 {file_sha256(path)}, not the {expected} recorded"
+            " for it; package the version again",
+        )
+    try:
+        return ServedModel.load(path, info=info, version=str(stored.tag.version), threads=threads)
+    except Exception as error:
+        raise Refused("load", f"{tag}: {path.name} does not load: {error}") from None
+
+
+def check(served: ServedModel, candidate: ServedModel) -> None:
+    """`Refused` when the routes cannot serve `candidate` in place of `served`: other classes,
+    or another input contract, are another task (restart the service for that)."""
+    if candidate.class_names != served.class_names:
+        raise Refused(
+            "classes",
+            f"version {candidate.version} classifies {list(candidate.class_names)}, but the"
+            f" service serves {list(served.class_names)}; restart the service to change tasks",
+        )
+    contracts = (served.info.get("input_contract"), candidate.info.get("input_contract"))
+    if contracts[0] != contracts[1]:
+        raise Refused(
+            "contract",
+            f"version {candidate.version} takes input {contracts[1]!r}, not {contracts[0]!r}",
+        )
+
+
+@functools.cache
+def _swaps() -> Any:
+    """The swap counter, made once per process (see `serving.watch._metrics`)."""
+    import prometheus_client
+
+    return prometheus_client.Counter(
+        "classifier_model_swaps",
+        "Candidate models a worker swapped in (outcome=served) or refused (outcome=refused)",
+        labelnames=("version", "outcome", "reason"),
+    )
+
+
+class Follower:
+    """Polls the pointer file in a daemon thread and swaps checked candidates in."""
+
+    def __init__(
+        self,
+        pointer: Path,
+        *,
+        interval: float,
+        get: Callable[[], Served],
+        put: Callable[[Served], None],
+        load: Callable[[str], ServedModel],
+    ) -> None:
+        self.pointer, self.interval = pointer, interval
+        self.get, self.put, self.load = get, put, load
+        self._refused: tuple[str, float] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # A bad poll must not end the thread: the next one may work.
+                log.exception("following %s", self.pointer)
+
+    def poll(self) -> bool:
+        """Swap in the model the pointer names, if it is new and passes; whether it swapped."""
+        tag = read_pointer(self.pointer)
+        served = self.get()
+        if tag is None or tag == served.tag:
+            return False
+        changed = self.pointer.stat().st_mtime
+        if self._refused == (tag, changed):
+            return False  # refused already; tried again when the file changes
+        try:
+            candidate = self.load(tag)
+            check(served.model, candidate)
+        except Refused as error:
+            self._refused = (tag, changed)
+            _swaps().labels(tag.partition(":v")[2] or tag, "refused", error.reason).inc()
+            log.error("refused %s, still serving v%s: %s", tag, served.model.version, error)
+            return False
+        self.put(Served(candidate, tag, time.time()))
+        _swaps().labels(candidate.version, "served", "").inc()
+        log.info("now serving %s v%s (%s)", candidate.name, candidate.version, tag)
+        return True

@@ -1,0 +1,150 @@
+"""A real `bentoml serve` (two workers) follows its pointer file: a new model answers within the
+poll interval plus 2 s, under load, with no failed request and every answer naming a version that
+was served during it; a corrupted file and a model of other classes are refused while the served
+one goes on answering, and `/metrics` says which version was refused and why."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.support import bento, servers, shapes
+from tests.support.client import drawing_bytes, image_file
+
+pytestmark = pytest.mark.slow
+POLL_MS = 200
+
+
+@dataclass
+class Followed:
+    url: str
+    pointer: Path
+
+    def point_at(self, tag: str) -> float:
+        """Name `tag` in the pointer file (in one rename, as serving.tools.follow does)."""
+        scratch = self.pointer.with_suffix(".new")
+        scratch.write_text(tag + "\n")
+        scratch.replace(self.pointer)
+        return time.monotonic()
+
+
+@dataclass
+class Load:
+    """Clients sending single images and pixel batches until stopped; what they were answered."""
+
+    url: str
+    answers: list[tuple[float, int, list[str]]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def client(self, batch: bool) -> None:
+        image = {"image": image_file(drawing_bytes(2, seed=1))}
+        pixels = {"pixels": np.zeros((16, 784)).tolist()}
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while not self.stop.is_set():
+                if batch:
+                    response = http.post("/predict", json=pixels)
+                else:
+                    response = http.post("/predict_image", files=image)
+                answers = response.json() if response.status_code == 200 else []
+                answers = answers if isinstance(answers, list) else [answers]
+                versions = sorted({answer["model_version"] for answer in answers})
+                self.answers.append((time.monotonic(), response.status_code, versions))
+
+
+@pytest.fixture(scope="module")
+def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Followed]:
+    """The shape model as v1 and v2, a v3 whose file is corrupted after packaging and a v4 of
+    other classes, in a store of their own; the service started on v1, following a file."""
+    folder = tmp_path_factory.mktemp("follow")
+    home = folder / "bentoml"
+    shutil.copytree(shape_store.home, home)
+    with bento.bentoml_home(home):
+        for version in ("2", "3"):
+            bento.store_model(
+                shape_store.model, f"shapes:v{version}", class_names=shapes.SHAPES, version=version
+            )
+        names = ("a", "b", "c", "d", "e")
+        bento.store_model(shape_store.model, "shapes:v4", class_names=names, version="4")
+        import bentoml
+
+        served_file = Path(bentoml.models.get("shapes:v3").path_of("model.onnx"))
+        served_file.write_bytes(served_file.read_bytes() + b"\0")
+    pointer = folder / "serving-tag"
+    pointer.write_text("shapes:v1\n")
+    environment = shape_store.environment(
+        BENTOML_HOME=str(home),
+        SERVING_WORKERS="2",
+        MONITOR_DIR=str(folder / "monitoring"),
+        FOLLOW_FILE=str(pointer),
+        FOLLOW_POLL_MS=str(POLL_MS),
+    )
+    with servers.bentoml_serve(environment, log=folder / "serve.log") as server:
+        server.wait_ready("/readyz", timeout=120)
+        yield Followed(server.url, pointer)
+
+
+def versions_on_fresh_connections(url: str, count: int = 12) -> set[str]:
+    """The versions answering `count` requests, each on a new connection (so both workers)."""
+    found = set()
+    for _ in range(count):
+        with httpx.Client(base_url=url, timeout=30) as http:
+            answer = http.post("/predict_image", files={"image": image_file(drawing_bytes(1))})
+            assert answer.status_code == 200, answer.text
+            found.add(answer.json()["model_version"])
+    return found
+
+
+def test_a_new_model_takes_over_under_load_without_a_failed_request(followed: Followed):
+    assert versions_on_fresh_connections(followed.url) == {"1"}
+    load = Load(followed.url)
+    clients = [
+        threading.Thread(target=load.client, args=(index == 0,), daemon=True) for index in range(4)
+    ]
+    for thread in clients:
+        thread.start()
+    time.sleep(1.0)
+    changed = followed.point_at("shapes:v2")
+    deadline = changed + POLL_MS / 1000 + 2.0
+    while time.monotonic() < deadline and versions_on_fresh_connections(followed.url, 4) != {"2"}:
+        time.sleep(0.05)
+    took_over = time.monotonic()
+    time.sleep(1.0)
+    load.stop.set()
+    for thread in clients:
+        thread.join(timeout=30)
+    assert took_over <= deadline, "v2 did not answer within the poll interval + 2 s"
+    assert load.answers and all(status == 200 for _, status, _ in load.answers), {
+        status for _, status, _ in load.answers
+    }
+    # Each answer is wholly one version's, and only v1 or v2 ever answered.
+    assert all(len(versions) == 1 for _, _, versions in load.answers)
+    assert {versions[0] for _, _, versions in load.answers} <= {"1", "2"}
+    assert all(versions == ["2"] for at, _, versions in load.answers if at > took_over + 0.5)
+    assert versions_on_fresh_connections(followed.url) == {"2"}
+    metadata = httpx.post(f"{followed.url}/metadata", json={}, timeout=30).json()
+    assert metadata["version"] == "2" and metadata["bento_model"] == "shapes:v2"
+    assert re.match(r"\d{4}-\d\d-\d\dT", metadata["served_since"])
+
+
+@pytest.mark.parametrize(("tag", "reason"), [("shapes:v3", "sha256"), ("shapes:v4", "classes")])
+def test_a_bad_candidate_is_refused_and_the_served_model_stays(followed: Followed, tag, reason):
+    before = versions_on_fresh_connections(followed.url)
+    followed.point_at(tag)
+    time.sleep(POLL_MS / 1000 + 1.5)
+    assert versions_on_fresh_connections(followed.url) == before
+    metrics = httpx.get(f"{followed.url}/metrics", timeout=30).text
+    version = tag.partition(":v")[2]
+    refused = re.search(
+        rf'classifier_model_swaps_total\{{[^}}]*version="{version}"[^}}]*\}} (\d+)', metrics
+    )
+    assert refused, metrics[-2000:]
+    assert 'outcome="refused"' in refused.group(0) and f'reason="{reason}"' in refused.group(0)

@@ -1,0 +1,137 @@
+"""`python -m serving.tools.follow` against a real `mlflow server`: told by a signed registry
+webhook, it points the service's tag file at the new champion; a delivery without the secret's
+signature gets 401 and moves nothing. Polling is set to ten minutes, so only the webhook can have
+woken it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipeline.champion.registry import VersionTags
+from tests.support import servers, shapes
+
+pytestmark = pytest.mark.slow
+NAME = "shapes-classifier"
+
+
+def register_versions(uri: str, count: int) -> None:
+    """`count` versions of NAME (tiny Keras models, as a hand registration would log them)."""
+    import keras
+    import mlflow
+    import mlflow.keras
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("follow")
+    client.create_registered_model(NAME)
+    with pytest.MonkeyPatch.context() as patch, _use_tracking_uri(uri):
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        for version in range(1, count + 1):
+            keras.utils.set_random_seed(version)
+            model = shapes.tiny_model(len(shapes.SHAPES))
+            with mlflow.start_run(experiment_id=experiment) as run:
+                info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
+            tags = VersionTags(variant="mlp", dataset="mnist", class_names=shapes.SHAPES).as_tags()
+            client.create_model_version(
+                NAME, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
+            )
+
+
+def wait_for(path: Path, text: str, timeout: float, follower: servers.Server) -> float:
+    """Seconds until `path` holds `text`; AssertionError with the follower's log otherwise."""
+    started = time.monotonic()
+    while not (path.is_file() and path.read_text().strip() == text):
+        assert follower.process.poll() is None, follower.tail()
+        assert time.monotonic() - started < timeout, (
+            f"{path} never named {text}:\n{follower.tail()}"
+        )
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("follow-server")
+    webhooks = {
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        # The server caches its list of webhooks for 60 s by default: one registered meanwhile
+        # would get no delivery for up to a minute.
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
+    with servers.mlflow_server(root, backend=f"sqlite:///{root / 'db'}", env=webhooks) as server:
+        register_versions(server.url, 2)
+        yield server.url
+
+
+def test_a_signed_webhook_moves_the_service_and_a_forged_one_does_not(
+    registry_server: str, tmp_path: Path
+):
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=registry_server)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    secret, port = secrets.token_hex(16), servers.free_port()
+    tag_file = tmp_path / "serving-tag"
+    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
+    command += ["--interval", "600", "--webhook-port", str(port)]
+    environment = {
+        "MLFLOW_TRACKING_URI": registry_server,
+        "REGISTERED_MODEL": NAME,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "MLFLOW_WEBHOOK_SECRET": secret,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    log = tmp_path / "follow.log"
+    with servers.running(
+        "follow", command, port=port, log=log, env=dict(os.environ) | environment
+    ) as follower:
+        wait_for(tag_file, f"{NAME}:v1", 180, follower)
+        forged = httpx.post(
+            f"http://127.0.0.1:{port}/webhook",
+            json={"entity": "model_version_alias", "data": {"name": NAME, "alias": "champion"}},
+            headers={"X-MLflow-Delivery-Id": "x", "X-MLflow-Timestamp": str(int(time.time()))}
+            | {"X-MLflow-Signature": "v1,AAAA"},
+        )
+        assert forged.status_code == 401 and "signature" in forged.json()["error"]
+        client.set_registered_model_alias(NAME, "champion", "2")
+        # The webhook wakes it at once; packaging v2 (an ONNX export here) takes a few seconds.
+        took = wait_for(tag_file, f"{NAME}:v2", 120, follower)
+        assert took < 60, took
+        assert secret not in log.read_text()
+
+
+def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
+    """The default store of `make repro`: no webhooks, so the alias is read every --interval."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_versions(uri, 2)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    tag_file = tmp_path / "serving-tag"
+    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
+    environment = {
+        "MLFLOW_TRACKING_URI": uri,
+        "REGISTERED_MODEL": NAME,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    with servers.running(
+        "follow",
+        [*command, "--interval", "1"],
+        port=servers.free_port(),
+        log=tmp_path / "follow.log",
+        env=dict(os.environ) | environment,
+    ) as follower:
+        wait_for(tag_file, f"{NAME}:v1", 180, follower)
+        client.set_registered_model_alias(NAME, "champion", "2")
+        assert wait_for(tag_file, f"{NAME}:v2", 120, follower) < 60
