@@ -485,9 +485,13 @@ def wait_for_epochs(client, process: subprocess.Popen, *, epochs: int, timeout: 
     raise AssertionError(f"no run logged {epochs} epochs in {timeout} s")
 
 
+# What TensorFlow writes to stderr when it is imported, on one CPU or another.
+CHATTER = ("oneDNN custom operations", "absl::InitializeLog", "cpu_feature_guard")
+
+
 @pytest.mark.slow
 def test_tensorflow_start_up_chatter_is_hidden_unless_asked_for():
-    code = "from pipeline import devices; devices.import_tensorflow(); print('imported')"
+    code = "from pipeline.model import devices; devices.import_tensorflow(); print('imported')"
 
     def stderr_of(**switch: str) -> str:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
@@ -503,7 +507,9 @@ def test_tensorflow_start_up_chatter_is_hidden_unless_asked_for():
         assert result.stdout.strip() == "imported"
         return result.stderr
 
-    # The baseline: what TensorFlow prints on import here when nothing filters it.
-    assert "oneDNN custom operations" in stderr_of(PIPELINE_TF_LOGS="1")
+    # The baseline: what TensorFlow prints on import here when nothing filters it. Which lines
+    # depends on the CPU (oneDNN's notice only where oneDNN's optimisations are on).
+    loud = stderr_of(PIPELINE_TF_LOGS="1")
+    assert any(line in loud for line in CHATTER), loud
     quiet = stderr_of()
-    assert "oneDNN" not in quiet and "absl::InitializeLog" not in quiet, quiet
+    assert not any(line in quiet for line in CHATTER), quiet
