@@ -118,6 +118,8 @@ function showAnswer(answer) {
   for (const [name, probability] of Object.entries(answer.probabilities)) {
     bars.append(bar(name, probability, name === answer.class_name));
   }
+  // The service follows the registry: a new version may have taken over since the page loaded.
+  if (answer.model_version !== document.getElementById("model-version").textContent) showModel();
   document.getElementById("winner").textContent = answer.class_name;
   document.getElementById("winner-probability").textContent = percent(
     answer.probabilities[answer.class_name],
@@ -177,6 +179,10 @@ async function showModel() {
     const accuracy = metadata.metrics && metadata.metrics.test_accuracy;
     document.getElementById("model-name").textContent = metadata.registered_model;
     document.getElementById("model-version").textContent = metadata.version;
+    document.getElementById("model-since").textContent = (metadata.served_since || "").replace(
+      "T",
+      " ",
+    );
     document.getElementById("model-accuracy").textContent =
       typeof accuracy === "number" ? percent(accuracy) : "not recorded";
   } catch (error) {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,6 +137,10 @@ def screenshot(driver, name: str, tmp_path: Path) -> Path:
 def test_page_shows_the_model(page, fashion_store) -> None:
     assert page.find_element("id", "model-name").text == "fashion-mnist-classifier"
     assert page.find_element("id", "model-version").text == "1"
+    # When this version took over (the service follows the registry): a UTC time.
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", page.find_element("id", "model-since").text
+    )
     accuracy = page.find_element("id", "model-accuracy").text
     assert accuracy == f"{fashion_store.test_accuracy * 100:.1f}%"
     # Everything the page loaded came from the service itself.
