@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.support import leftovers, servers
+from tests.support import leftovers, nested
 
 # The daemon double-forks into a session of its own (as DVC's queue workers do) and writes its
 # pid where the outer test can find it.
@@ -37,19 +36,8 @@ def test_runs_a_child_to_its_end():
 
 
 def run_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
-    (tmp_path / "test_leaving.py").write_text(source)
-    env = {k: v for k, v in os.environ.items() if k != leftovers.MARKER}
-    env["PYTHONPATH"] = str(servers.REPO_ROOT)
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"),
-            *("-p", "tests.support.leftovers", str(tmp_path / "test_leaving.py")),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return nested.run_tests(
+        tmp_path, source, plugin="tests.support.leftovers", without=leftovers.MARKER
     )
 
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
-from tests.support import servers
+from tests.support import nested
 
 SKIPPING = """
 import pytest
@@ -24,19 +22,12 @@ def test_runs():
 
 
 def run(tmp_path, **environment: str) -> subprocess.CompletedProcess:
-    (tmp_path / "test_skipping.py").write_text(SKIPPING)
-    env = {k: v for k, v in os.environ.items() if k != "REQUIRE_EVERY_TEST"} | environment
-    env["PYTHONPATH"] = str(servers.REPO_ROOT)
-    return subprocess.run(
-        [
-            *(sys.executable, "-m", "pytest", "-q", "-rfs", "-p", "no:cacheprovider"),
-            *("-p", "tests.support.strict_skips", str(tmp_path)),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return nested.run_tests(
+        tmp_path,
+        SKIPPING,
+        plugin="tests.support.strict_skips",
+        without="REQUIRE_EVERY_TEST",
+        environment=environment,
     )
 
 
