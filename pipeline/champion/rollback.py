@@ -1,13 +1,15 @@
 """Put the previous champion back, in one command, and read the alias's history.
 
     python -m pipeline.champion.rollback --reason "v7 misreads sandals"
+    python -m pipeline.champion.rollback --reason "..." --to 5
     python -m pipeline.champion.rollback --history
 
-`champion` moves back to the version that held it before the current one (by the
-`champion_since` tag every move records; a version rolled back once is never returned to). The
-version left gets the tag `rolled_back` (when, by whom, why), the one restored `champion_since`
-and `champion_reason`. A service that follows the registry (`make serve`) serves it within its
-poll interval. The registered model and the store come from params.yaml and
+`champion` moves back to the version that held it before the current one (by the `champion_since`
+tag every move records; a version rolled back once is never returned to). The version left gets the
+tag `rolled_back` (when, by whom, why), the one restored `champion_since` and `champion_reason`.
+`--to` names the version to restore instead: for a registry whose earlier champions were crowned
+before the history was recorded. A service that follows the registry (`make serve`) serves it
+within its poll interval. The registered model and the store come from params.yaml and
 MLFLOW_TRACKING_URI, as for every stage.
 """
 
@@ -41,15 +43,23 @@ def previous(client: Any, name: str) -> tuple[Any, Any]:
     ]
     if not history:
         raise RollbackError(
-            f"no version held {name}'s champion alias before v{current.version}"
-            " (or every one was rolled back); nothing to go back to"
+            f"no version held {name}'s champion alias before v{current.version} (or every one"
+            " was rolled back), as far as the history recorded; nothing to go back to. Name the"
+            " version to restore with --to"
         )
     return current, history[-1]
 
 
-def rollback(client: Any, name: str, *, reason: str, by: str) -> tuple[str, str]:
-    """Move `champion` back; (the version left, the version restored)."""
-    current, restored = previous(client, name)
+def rollback(
+    client: Any, name: str, *, reason: str, by: str, to: str | None = None
+) -> tuple[str, str]:
+    """Move `champion` back (to version `to`, when given); (the version left, the one restored)."""
+    if to is None:
+        current, restored = previous(client, name)
+    else:
+        current, restored = registry.champion(client, name), client.get_model_version(name, to)
+        if current is None or str(current.version) == str(to):
+            raise RollbackError(f"v{to} is already {name}'s champion, or there is none to leave")
     when = datetime.now(UTC).isoformat(timespec="seconds")
     note = f"{when} by {by}: {reason}"[:500]
     client.set_model_version_tag(name, current.version, registry.ROLLED_BACK, note)
@@ -82,8 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--reason", help="why: recorded on both versions")
     action.add_argument("--history", action="store_true", help="print the alias's history")
+    parser.add_argument("--to", help="the version to restore (default: the one before)")
     args = parser.parse_args(argv)
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     from pipeline import config, tracking
 
@@ -93,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(history_lines(client, name)) or f"{name}: no champion yet")
         return
     try:
-        left, restored = rollback(client, name, reason=args.reason, by=getpass.getuser())
-    except RollbackError as error:
+        left, restored = rollback(
+            client, name, reason=args.reason, by=getpass.getuser(), to=args.to
+        )
+    except (RollbackError, MlflowException) as error:
         raise SystemExit(f"rollback: {error}") from None
     print(f"{name}: champion v{left} -> v{restored} ({args.reason})")
 

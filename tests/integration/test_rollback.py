@@ -29,9 +29,12 @@ def test_rollback_restores_the_previous_champion_and_says_why(model_registry: Re
     assert restored.tags[registry.CHAMPION_REASON] == "rollback from v3: misreads sandals"
     # Again: v1, never the rolled-back v3; then nothing is left to go back to.
     assert rollback.rollback(client, NAME, reason="v2 too", by="ana") == ("2", "1")
-    with pytest.raises(rollback.RollbackError, match="nothing to go back to"):
+    with pytest.raises(rollback.RollbackError, match=r"nothing to go back to.*--to"):
         rollback.rollback(client, NAME, reason="again", by="ana")
     assert model_registry.alias("champion") == "1"
+    # A version named with --to: for champions crowned before the history was recorded.
+    assert rollback.rollback(client, NAME, reason="by hand", by="ana", to="2") == ("1", "2")
+    assert model_registry.alias("champion") == "2"
 
 
 def test_the_command_rolls_back_and_prints_the_history(
