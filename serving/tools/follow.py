@@ -52,12 +52,30 @@ def write_tag(path: Path, tag: str) -> None:
     io.write_bytes(path, (tag + "\n").encode())
 
 
+def named(path: Path) -> str:
+    """The tag the tag file names ("" when there is none yet)."""
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def alias_tag(tracking_uri: str, registered_model: str, alias: str) -> str | None:
+    """The BentoML tag of the version `alias` names (None: it names none)."""
+    import mlflow
+
+    from pipeline.champion import registry
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        version = registry.version_by_alias(client, registered_model, alias)
+    except registry.NoSuchVersion:
+        return None
+    return f"{registered_model}:v{version.version}"
+
+
 def follow_once(path: Path, make_tag: Callable[[], str]) -> str | None:
     """Package the version the alias names and point the tag file at it; the new tag, or None
     when the file already names it."""
     tag = make_tag()
-    current = path.read_text().strip() if path.is_file() else ""
-    if tag == current:
+    if tag == named(path):
         return None
     write_tag(path, tag)
     log.info("the alias names %s: %s now points the service at it", tag, path)
@@ -168,6 +186,9 @@ def main(argv: list[str] | None = None) -> None:
     registered_model = package.default_registered_model(args.params)
 
     def make_tag() -> str:
+        # A round that finds the alias where it was reads the registry and nothing else.
+        if named(args.tag_file) == alias_tag(tracking_uri, registered_model, args.alias):
+            return named(args.tag_file)
         return package.package(
             registered_model=registered_model, tracking_uri=tracking_uri, alias=args.alias
         )
