@@ -70,26 +70,12 @@ def start_run(client: Any, context: TrialContext, trial_id: str, overrides: dict
     return run.info.run_id
 
 
-def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context: TrialContext):
-    """Ray Tune's function trainable: fit the variant with `overrides`, report every epoch."""
-    entered = time.perf_counter()
-    import mlflow
+def epoch_reporter(client: Any, run_id: str):
+    """The callback that logs an epoch to the trial's run and reports it to Tune (for ASHA)."""
     from mlflow.entities import Metric
     from ray import tune
 
-    from pipeline.model import devices, fitting
-    from pipeline.stages import train
-    from pipeline.sweep import space as sweep_space
-
-    devices.import_tensorflow()
-    import tensorflow as tf
-
-    threads = max(1, int(context.cpus))
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    client = mlflow.MlflowClient(context.tracking_uri)
-    trial_id = tune.get_context().get_trial_id()
-    run_id = start_run(client, context, trial_id, overrides)
+    from pipeline.model import fitting
 
     def on_epoch(epoch: int, logs: dict[str, float]) -> None:
         # Logged synchronously: a node may vanish at any time, and what was logged must stay.
@@ -105,6 +91,31 @@ def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context
             }
         )
 
+    return on_epoch
+
+
+def run_trial(overrides: dict[str, Any], *, data: dict[str, np.ndarray], context: TrialContext):
+    """Ray Tune's function trainable: fit the variant with `overrides`, report every epoch."""
+    entered = time.perf_counter()
+    import mlflow
+    from mlflow.entities import Metric
+    from ray import tune
+
+    from pipeline.model import devices
+    from pipeline.stages import train
+    from pipeline.sweep import space as sweep_space
+
+    devices.import_tensorflow()
+    import tensorflow as tf
+
+    threads = max(1, int(context.cpus))
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    client = mlflow.MlflowClient(context.tracking_uri)
+    trial_id = tune.get_context().get_trial_id()
+    run_id = start_run(client, context, trial_id, overrides)
+
+    on_epoch = epoch_reporter(client, run_id)
     try:
         variant_config = sweep_space.trial_variant(
             context.variant, context.variant_config, overrides
