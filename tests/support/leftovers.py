@@ -4,7 +4,8 @@ At start the session puts a marker in its own environment, which every process i
 inherits: servers, DVC's detached queue workers, Ray's daemons, Chromium. Processes that change
 their parent (daemons) or their session keep it. At the end, whatever still carries the marker,
 but for this process, is listed, ended (SIGTERM, then SIGKILL) and reported, and the session
-fails. Processes started with an environment of their own (not copied from this one) escape it.
+fails. Processes started with an environment of their own (not copied from this one) escape it;
+multiprocessing's helpers of this very process (its resource tracker) are not leftovers.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import pytest
 
 MARKER = "MNIST_PIPELINE_TEST_SESSION"
 GRACE = 5.0
+# Helpers Python's multiprocessing starts for the session's own process (on first use, by
+# whichever library): they live as long as it does and exit with it, so they are not left behind.
+OWN_HELPERS = (
+    "from multiprocessing.resource_tracker import main",
+    "from multiprocessing.forkserver import main",
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,8 +55,16 @@ def marked_processes(marker: str) -> dict[int, str]:
             if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if own_helper(entry, command):
+                continue
             found[int(entry.name)] = command.strip()[:200]
     return found
+
+
+def own_helper(entry: Path, command: str) -> bool:
+    """Whether the process is a multiprocessing helper of this process (`OWN_HELPERS`)."""
+    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    return parent == os.getpid() and any(helper in command for helper in OWN_HELPERS)
 
 
 def ancestors(pid: int) -> set[int]:

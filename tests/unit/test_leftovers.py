@@ -29,9 +29,14 @@ def test_cleans_up_after_itself():
 
 CLEAN = """
 import subprocess, sys
+from multiprocessing import resource_tracker
 
 def test_runs_a_child_to_its_end():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
+
+def test_starts_the_session_s_own_resource_tracker():
+    # Python's helper for this process: it lives as long as the session, and is not a leftover.
+    resource_tracker.ensure_running()
 """
 
 
