@@ -68,10 +68,11 @@ def load_candidate(tag: str, *, threads: int) -> ServedModel:
     expected = (info.get("onnx") or {}).get("sha256")
     if not path.is_file():
         raise Refused("missing", f"{tag}: its served file {path.name} is missing")
-    if expected and file_sha256(path) != expected:
+    found = file_sha256(path) if expected else None
+    if expected and found != expected:
         raise Refused(
             "sha256",
-            f"{tag}: {path.name} has sha256 {file_sha256(path)}, not the {expected} recorded"
+            f"{tag}: {path.name} has sha256 {found}, not the {expected} recorded"
             " for it; package the version again",
         )
     try:

@@ -267,7 +267,13 @@ def predict_answers(
     """The images, probabilities and answered labels of a /predict response body; None when it
     does not answer these pixels. The labels are the answer's own: its probabilities are
     rounded, and a tie after rounding would name another class."""
-    answers = json.loads(body)
+    return _answered(kept, json.loads(body))
+
+
+def _answered(
+    kept: list[np.ndarray], answers: list[dict[str, Any]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """`predict_answers` of a body already read as JSON."""
     probabilities = np.array(
         [list(answer["probabilities"].values()) for answer in answers], dtype=np.float64
     )
@@ -280,11 +286,12 @@ def predict_answers(
 async def _record_predict(kept: list[np.ndarray], body: bytes) -> None:
     import bentoml
 
-    answered = predict_answers(kept, body)
-    if answered is not None and len(answered[0]):
+    answers = json.loads(body)
+    answered = _answered(kept, answers)
+    if answered is not None and answers:
         service = bentoml.get_current_service()
         # The version that answered, which may be the one the worker serves no longer.
-        version = str(json.loads(body)[0]["model_version"])
+        version = str(answers[0]["model_version"])
         await service.watch.record_in_steps(
             "predict", *answered, step=service.settings.batch_chunk_items, model_version=version
         )

@@ -68,7 +68,7 @@ def alias_tag(tracking_uri: str, registered_model: str, alias: str) -> str | Non
         version = registry.version_by_alias(client, registered_model, alias)
     except registry.NoSuchVersion:
         return None
-    return f"{registered_model}:v{version.version}"
+    return package.tag_of(registered_model, version)
 
 
 def follow_once(path: Path, make_tag: Callable[[], str]) -> str | None:
@@ -187,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def make_tag() -> str:
         # A round that finds the alias where it was reads the registry and nothing else.
-        if named(args.tag_file) == alias_tag(tracking_uri, registered_model, args.alias):
-            return named(args.tag_file)
+        current = named(args.tag_file)
+        if current == alias_tag(tracking_uri, registered_model, args.alias):
+            return current
         return package.package(
             registered_model=registered_model, tracking_uri=tracking_uri, alias=args.alias
         )

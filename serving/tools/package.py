@@ -67,6 +67,11 @@ def champion_metadata(version, *, registered_model: str, tracking_uri: str) -> d
     return {key: value for key, value in metadata.items() if value is not None}
 
 
+def tag_of(registered_model: str, version: Any) -> str:
+    """The BentoML tag a registered version is stored under."""
+    return f"{registered_model}:v{version.version}"
+
+
 def stored_model(tag: str, *, run_id: str) -> str | None:
     """The tag of the BentoML model stored as `tag` from run `run_id`, or None when there is none.
 
@@ -225,7 +230,7 @@ def package(
             f" ({error}). Run `make repro` (or `dvc repro`) to train and register one,"
             " or set REGISTERED_MODEL / MLFLOW_TRACKING_URI to where it lives"
         ) from None
-    tag = f"{registered_model}:v{version.version}"
+    tag = tag_of(registered_model, version)
     stored = stored_model(tag, run_id=version.run_id)
     if stored is not None:
         return stored
