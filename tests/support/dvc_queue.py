@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import leftovers
 from tests.support.project import BIN_DIR
 
 WORKERS_DIR = Path(".dvc") / "tmp" / "exps" / "celery"
@@ -35,11 +36,7 @@ class Worker:
     log: Path
 
     def alive(self) -> bool:
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state != "Z"
+        return leftovers.alive(self.pid)
 
     def log_tail(self, characters: int = 3000) -> str:
         try:

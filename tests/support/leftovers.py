@@ -40,6 +40,21 @@ def pytest_configure(config: pytest.Config) -> None:
 _OWNER = pytest.StashKey[bool]()
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, parent, ...); None when
+    the process is gone. The name may hold spaces and parentheses, the fields after it do not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has ended: only its exit status is left)."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def marked_processes(marker: str) -> dict[int, str]:
     """pid -> command line of every live process (zombies excluded) whose environment holds
     `MARKER=marker`, this one and its ancestors excluded."""
@@ -52,7 +67,7 @@ def marked_processes(marker: str) -> dict[int, str]:
         with contextlib.suppress(OSError):
             if needle not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
-            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            if not alive(int(entry.name)):
                 continue
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             if own_helper(entry, command):
@@ -63,8 +78,12 @@ def marked_processes(marker: str) -> dict[int, str]:
 
 def own_helper(entry: Path, command: str) -> bool:
     """Whether the process is a multiprocessing helper of this process (`OWN_HELPERS`)."""
-    parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    return parent == os.getpid() and any(helper in command for helper in OWN_HELPERS)
+    fields = stat_fields(entry.name)
+    return (
+        fields is not None
+        and int(fields[1]) == os.getpid()
+        and any(helper in command for helper in OWN_HELPERS)
+    )
 
 
 def ancestors(pid: int) -> set[int]:
@@ -72,10 +91,10 @@ def ancestors(pid: int) -> set[int]:
     seen = set()
     while pid > 0 and pid not in seen:
         seen.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
+        fields = stat_fields(pid)
+        if fields is None:
             break
+        pid = int(fields[1])
     return seen
 
 

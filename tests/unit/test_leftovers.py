@@ -46,14 +46,6 @@ def run_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     )
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_process_left_behind_fails_the_session_and_is_ended(tmp_path) -> None:
     pidfile = tmp_path / "daemon.pid"
     result = run_session(tmp_path, LEAVING.replace("{pidfile!r}", repr(str(pidfile))))
@@ -63,9 +55,9 @@ def test_a_process_left_behind_fails_the_session_and_is_ended(tmp_path) -> None:
     assert "processes left behind" in result.stdout
     assert f"pid {pid}: {sys.executable} -c import os, time" in result.stdout
     deadline = time.monotonic() + 10
-    while alive(pid) and time.monotonic() < deadline:
+    while leftovers.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive(pid), f"pid {pid} still running"
+    assert not leftovers.alive(pid), f"pid {pid} still running"
 
 
 def test_a_session_that_ends_its_processes_passes(tmp_path) -> None:
