@@ -32,6 +32,9 @@ class Endpoint:
     tag: str = APP_TAG
     # Named in the 404 message, which tells a client that got a path wrong what exists.
     listed: bool = False
+    # Answers without a token where the service requires one (serving.tokens): health probes,
+    # and pages that hold no model answers.
+    open: bool = False
 
     @property
     def shown(self) -> str:
@@ -54,14 +57,16 @@ TABLE: tuple[Endpoint, ...] = (
     Endpoint("/predict", POST, "pixels as JSON", None, listed=True),
     Endpoint("/metadata", POST, "what is served", None, listed=True),
     Endpoint("/v2", GET, "Server metadata", "server_metadata", OIP_TAG),
-    Endpoint("/v2/health/live", GET, "Server live", "live", OIP_TAG),
-    Endpoint("/v2/health/ready", GET, "Server ready", "ready", OIP_TAG),
+    Endpoint("/v2/health/live", GET, "Server live", "live", OIP_TAG, open=True),
+    Endpoint("/v2/health/ready", GET, "Server ready", "ready", OIP_TAG, open=True),
     *_oip_model_routes("/v2/models/{name}", listed=True),
     *_oip_model_routes("/v2/models/{name}/versions/{version}", listed=False),
-    Endpoint("/ui", GET, "try it by hand", "page", PAGE_TAG, listed=True),
-    Endpoint("/", GET, "this API, described", "api_page", PAGE_TAG, listed=True),
-    Endpoint("/docs.json", GET, "This OpenAPI document", "api_document", PAGE_TAG),
-    Endpoint("/schema.json", GET, "BentoML's description of its endpoints", None, PAGE_TAG),
+    Endpoint("/ui", GET, "try it by hand", "page", PAGE_TAG, listed=True, open=True),
+    Endpoint("/", GET, "this API, described", "api_page", PAGE_TAG, listed=True, open=True),
+    Endpoint("/docs.json", GET, "This OpenAPI document", "api_document", PAGE_TAG, open=True),
+    Endpoint(
+        "/schema.json", GET, "BentoML's description of its endpoints", None, PAGE_TAG, open=True
+    ),
 )
 
 # Routes that read a body: the edge refuses a wrong method before reading one. Routes with path
@@ -76,6 +81,11 @@ BODY_METHODS: Mapping[str, tuple[str, ...]] = {
 BENTOML_APIS = tuple(
     endpoint.path for endpoint in TABLE if endpoint.handler is None and endpoint.methods == POST
 )
+
+# Paths that answer without a token (serving.tokens), and the page's files under a prefix. The
+# Swagger UI of `/` loads BentoML's assets from /static_content/.
+OPEN = frozenset(endpoint.path for endpoint in TABLE if endpoint.open)
+OPEN_PREFIXES = ("/ui/static/", "/static_content/")
 
 
 def what_exists() -> str:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-log = logging.getLogger("serving")
+log = logging.getLogger("bentoml.serving")
 EXIT_STATUS = 1
 
 

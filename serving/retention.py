@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("serving")
+log = logging.getLogger("bentoml.serving")
 
 DAY_S = 24 * 3600
 PRUNE_EVERY_S = 600.0

@@ -5,8 +5,10 @@ pixels, adaptively batched) and `/metadata` are declared here as BentoML APIs; t
 Open Inference Protocol and the pages are `serving.routes`, mounted over BentoML's app. Every
 misuse gets a 4xx with `{"error": ...}` that says what to send; none takes the service down.
 
-Configuration, by environment variable: `serving.settings` (limits, read when a worker starts;
-BENTO_MODEL, SERVING_WORKERS and BATCH_MAX_LATENCY_MS when this module is imported).
+Configuration, by environment variable: `serving.settings` (limits and tokens, read when a worker
+starts; BENTO_MODEL, SERVING_WORKERS and BATCH_MAX_LATENCY_MS when this module is imported).
+With SERVICE_TOKENS_FILE set, every route but the probes and pages asks for a bearer token
+(`serving.tokens`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from serving.follow import Follower, Served, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
+from serving.tokens import Guard
 from serving.watch import MONITOR_NAME, PredictWatch, Watch, keep_predict_inputs
 
-log = logging.getLogger("serving")
+log = logging.getLogger("bentoml.serving")
 
 DECLARED = Declared.from_env()
 # A declared media type spares BentoML rebuilding the output's JSON schema on every response.
@@ -166,6 +169,8 @@ class Classifier:
 
 
 deadline.install()
+# Outermost first: the token check, then the edge's limits, then the watch.
+Classifier.add_asgi_middleware(Guard)
 Classifier.add_asgi_middleware(Edge)
 Classifier.add_asgi_middleware(PredictWatch)
 failfast.arm()

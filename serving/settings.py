@@ -52,6 +52,13 @@ class Settings:
     follow_file: str = ""
     # How often each worker reads that file, in milliseconds.
     follow_poll_ms: int = 1000
+    # Bearer tokens that open every route but the probes and pages (serving.tokens), separated by
+    # commas or spaces; and a file of them, one a line (`#` comments). Both empty: no token asked.
+    service_tokens: str = ""
+    service_tokens_file: str = ""
+    # Tokens of /metrics's own (a scraper's), likewise; both empty: /metrics is open.
+    metrics_tokens: str = ""
+    metrics_tokens_file: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

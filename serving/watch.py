@@ -27,7 +27,7 @@ import numpy as np
 from serving import preprocess
 from serving.retention import Pruner
 
-log = logging.getLogger("serving")
+log = logging.getLogger("bentoml.serving")
 
 MONITOR_NAME = "predictions"
 # Pixels brighter than half scale are ink; the datasets' strokes and fabrics are mostly far above.

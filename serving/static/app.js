@@ -12,6 +12,11 @@ const answerBox = document.getElementById("answer");
 const drop = document.getElementById("drop");
 const fileInput = document.getElementById("file");
 const status = document.getElementById("status");
+const tokenForm = document.getElementById("token-form");
+
+// A service started with tokens (SERVICE_TOKENS_FILE) answers 401 without one: the page asks
+// once and keeps the token in this tab (sessionStorage), so reloads do not ask again.
+const TOKEN_KEY = "classifier-token";
 
 // Strokes about as thick, relative to the pad, as the datasets' pen strokes are in 28x28.
 const STROKE = pad.width / 14;
@@ -87,7 +92,7 @@ async function send(blob, name) {
   document.body.dataset.state = "busy";
   let response;
   try {
-    response = await fetch("/predict_image?show_input=true", { method: "POST", body: form });
+    response = await call("/predict_image?show_input=true", { method: "POST", body: form });
   } catch (error) {
     showError(`Could not reach the service (${error.message}). Is it running?`);
     return;
@@ -167,9 +172,46 @@ function showInput(rows) {
   seen.getContext("2d").putImageData(pixels, 0, 0);
 }
 
+// fetch, with the token when there is one; on a 401 it asks for a token and tries again.
+async function call(url, options) {
+  for (;;) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    const headers = new Headers(options.headers || {});
+    if (token) headers.set("authorization", `Bearer ${token}`);
+    const response = await fetch(url, { ...options, headers });
+    if (response.status !== 401) return response;
+    if (token) sessionStorage.removeItem(TOKEN_KEY);
+    const answer = await response.json().catch(() => ({}));
+    sessionStorage.setItem(TOKEN_KEY, await askForToken(answer.error || "This service asks for a token."));
+  }
+}
+
+// Shows the token form with `message` and resolves with what the user enters.
+function askForToken(message) {
+  document.getElementById("token-prompt").textContent = message;
+  tokenForm.hidden = false;
+  if (document.body.dataset.state !== "token") tokenForm.dataset.previous = document.body.dataset.state;
+  document.body.dataset.state = "token";
+  const field = document.getElementById("token");
+  field.focus();
+  return new Promise((resolve) => {
+    tokenForm.addEventListener(
+      "submit",
+      (event) => {
+        event.preventDefault();
+        tokenForm.hidden = true;
+        document.body.dataset.state = tokenForm.dataset.previous;
+        resolve(field.value.trim());
+        field.value = "";
+      },
+      { once: true },
+    );
+  });
+}
+
 async function showModel() {
   try {
-    const response = await fetch("/metadata", {
+    const response = await call("/metadata", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: "{}",
