@@ -5,7 +5,8 @@ over once a day to `data.<worker>.log.<date>`, deleting nothing. Each worker pru
 when it starts and then at most every PRUNE_EVERY_S seconds while it records: rotated files
 last written more than MONITOR_KEEP_DAYS days ago go, then the oldest rotated files until the
 folder holds at most MONITOR_KEEP_BYTES. Files being written (no date suffix) are never removed.
-The drift report (`serving.tools.monitor`) reads whatever is kept.
+The drift report (`serving.tools.monitor`) reads a recent window of what is kept (the last day
+by default), and opens no file last written before that window.
 """
 
 from __future__ import annotations

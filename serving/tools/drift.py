@@ -45,6 +45,8 @@ class ServedLog:
     files: int
     other_models: dict[str, int]
     unreadable: int
+    # Files left unread: last written before the window the report judges.
+    skipped_files: int = 0
 
 
 def reference_predictions(probabilities: np.ndarray, images: np.ndarray) -> Predictions:
@@ -183,14 +185,18 @@ def report(
     class_names: Sequence[str],
     model: str,
     config: Any,
+    window: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """drift.json's content (`config` is a `pipeline.config.MonitorConfig`)."""
+    """drift.json's content (`config` is a `pipeline.config.MonitorConfig`; `window`, which
+    records were read, is passed through)."""
     count = len(served.predictions)
     base: dict[str, Any] = {
         "model": model,
         "predictions": count,
+        "window": window,
         "reference_images": len(reference),
         "log_files": served.files,
+        "skipped_files": served.skipped_files,
         "other_models": served.other_models,
         "unreadable_lines": served.unreadable,
     }

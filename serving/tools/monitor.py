@@ -3,13 +3,20 @@ served model on the test split (the comparison itself is serving/tools/drift.py)
 
     python -m serving.tools.monitor --log monitoring --out reports/monitor
 
-reads the watch's JSON lines (`serving.watch`, every `data.*.log*` file under `--log`), keeps the
-rows of the model it is given (`--model`, a BentoML tag), and compares them with a reference: that
-model's own predictions and input statistics on the test split (`--test-data`, the `prepare`
-stage's test.npz). Each check of params.yaml's `monitor:` section (class mix, confidence, each
-input statistic) runs its named test against its threshold. It writes `drift.json` and
-`drift.png` (the distributions) to `--out` and says in one line what drifted. With fewer than
-`monitor.min_predictions` rows the answer is "not enough data", and no verdict.
+reads the watch's JSON lines (`serving.watch`, the `data.*.log*` files under `--log`) of a recent
+window, keeps the rows of the model it is given (`--model`, a BentoML tag), and compares them with a
+reference: that model's own predictions and input statistics on the test split (`--test-data`, the
+`prepare` stage's test.npz). Each check of params.yaml's `monitor:` section (class mix, confidence,
+each input statistic) runs its named test against its threshold. It writes `drift.json` and
+`drift.png` (the distributions) to `--out` and says in one line what drifted, and in the next which
+window it judged. With fewer than `monitor.min_predictions` rows the answer is "not enough data",
+and no verdict.
+
+The window (`Window`): by default the last 24 hours, or less when the model took over later
+(`make serve`'s pointer file, .bentoml/serving-tag, names it and was last written then);
+`--since` moves its start (an ISO time, or a duration back from now: 90m, 12h, 7d) and `--all`
+reads every record kept. A record file last written before the window starts holds no row in it
+and is not opened: the kept records of a service that has run for weeks are mostly such files.
 """
 
 from __future__ import annotations
@@ -17,10 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +39,84 @@ from serving.watch import STATISTICS
 
 # The reference is computed in batches of this many test images.
 REFERENCE_BATCH = 1024
+# The default window: a day of answers is enough for every check, and reading more costs.
+DEFAULT_WINDOW = timedelta(hours=24)
+# `make serve` points the service at a model here; it is rewritten only when the model changes.
+SERVING_TAG_FILE = Path(".bentoml/serving-tag")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhd])")
+DURATION_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 
 
-def log_files(folder: Path) -> list[Path]:
-    """The watch's data files under `folder`, rotated ones included (data.0.log.2026-11-20)."""
+@dataclass(frozen=True)
+class Window:
+    """Which records the report judges: those at or after `since` (None: every one kept), and
+    in a few words why (`the last 24 h`)."""
+
+    since: datetime | None
+    reason: str
+
+    def describe(self) -> str:
+        if self.since is None:
+            return self.reason
+        return (
+            f"the records from {self.since.isoformat(sep=' ', timespec='seconds')} ({self.reason})"
+        )
+
+    def as_json(self) -> dict[str, str | None]:
+        since = None if self.since is None else self.since.isoformat(timespec="seconds")
+        return {"since": since, "reason": self.reason, "description": self.describe()}
+
+
+EVERYTHING = Window(None, "every record kept (--all)")
+
+
+def default_window(now: datetime, took_over: datetime | None, tag: str | None) -> Window:
+    """The last 24 hours before `now`, or from `took_over` when model `tag` took over later."""
+    start = now - DEFAULT_WINDOW
+    if took_over is not None and took_over > start:
+        return Window(took_over, f"when {tag} took over")
+    return Window(start, "the last 24 h")
+
+
+def took_over(tag: str | None, pointer: Path = SERVING_TAG_FILE) -> datetime | None:
+    """When the pointer file was last written, if it names `tag`: when the service was pointed
+    at that model. None where there is no such file or it names another model."""
+    try:
+        if tag is None or pointer.read_text().strip() != tag:
+            return None
+        return datetime.fromtimestamp(pointer.stat().st_mtime)
+    except OSError:
+        return None
+
+
+def since_argument(text: str) -> datetime:
+    """--since: an ISO time (2026-11-20T08:00, 2026-11-20T07:00Z) or a duration back from now
+    (90m, 12h, 7d)."""
+    duration = DURATION.fullmatch(text.strip())
+    if duration:
+        return datetime.now() - float(duration[1]) * DURATION_UNITS[duration[2]]
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO time (2026-11-20T08:00) nor a duration (90m, 12h, 7d)"
+        ) from None
+
+
+def log_files(folder: Path, since: datetime | None = None) -> tuple[list[Path], int]:
+    """The watch's data files under `folder`, rotated ones included (data.0.log.2026-11-20),
+    less those last written before `since` (none of their rows can be at or after it); and
+    how many were left out so."""
     if not folder.is_dir():
         raise FileNotFoundError(
             f"{folder} is not a folder; pass the service's MONITOR_DIR (default: monitoring)"
         )
-    return sorted(path for path in folder.rglob("data.*.log*") if path.is_file())
+    files = sorted(path for path in folder.rglob("data.*.log*") if path.is_file())
+    if since is None:
+        return files, 0
+    start = _local(since).timestamp()
+    recent = [path for path in files if path.stat().st_mtime >= start]
+    return recent, len(files) - len(recent)
 
 
 def read_log(
@@ -51,14 +128,14 @@ def read_log(
     since: datetime | None = None,
 ) -> ServedLog:
     """The predictions `model_name` version `model_version` answered (at or after `since` when
-    given), from every log file. A row that is not JSON, lacks a field, or holds an impossible
-    value (a class outside 0..classes-1, NaN or infinity) counts as unreadable."""
+    given), from every log file written since. A row that is not JSON, lacks a field, or holds
+    an impossible value (a class outside 0..classes-1, NaN or infinity) counts as unreadable."""
     wanted = f"{model_name} v{model_version}"
     since = None if since is None else _local(since)
     labels, confidence, statistics = [], [], {name: [] for name in STATISTICS}
     other_models: dict[str, int] = {}
     unreadable = 0
-    files = log_files(folder)
+    files, skipped = log_files(folder, since)
     for path in files:
         with path.open(errors="replace") as lines:  # line by line: sampled pixels make big rows
             for line in lines:
@@ -87,7 +164,7 @@ def read_log(
             name: np.array(values, dtype=np.float64) for name, values in statistics.items()
         },
     )
-    return ServedLog(predictions, len(files), other_models, unreadable)
+    return ServedLog(predictions, len(files), other_models, unreadable, skipped)
 
 
 def _served_row(row: dict[str, Any], classes: int) -> tuple[int, float, list[float]]:
@@ -161,9 +238,10 @@ def run(
     model: ServedModelFile,
     test_images: np.ndarray,
     config: Any,
-    since: datetime | None = None,
+    window: Window = EVERYTHING,
 ) -> dict[str, Any]:
-    """Read the log, compare, write drift.json (and drift.png when there is a verdict)."""
+    """Read the window's records, compare, write drift.json (and drift.png when there is a
+    verdict)."""
     from pipeline import io
 
     served = read_log(
@@ -171,11 +249,18 @@ def run(
         model_name=model.name,
         model_version=model.version,
         classes=len(model.class_names),
-        since=since,
+        since=window.since,
     )
     reference = reference_predictions(model.probabilities(test_images), test_images)
     label = f"{model.name} v{model.version}"
-    result = report(served, reference, class_names=model.class_names, model=label, config=config)
+    result = report(
+        served,
+        reference,
+        class_names=model.class_names,
+        model=label,
+        config=config,
+        window=window.as_json(),
+    )
     out.mkdir(parents=True, exist_ok=True)
     picture = out / "drift.png"
     if result["drift"] is None:
@@ -203,18 +288,39 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--test-data", type=Path, default=Path("data/prepared/test.npz"))
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument(
+    widen = parser.add_mutually_exclusive_group()
+    widen.add_argument(
         "--since",
-        type=datetime.fromisoformat,
-        help="only predictions at or after this ISO time (the server's local time unless it"
-        " names a zone), e.g. 2026-11-20T08:00 or 2026-11-20T07:00Z",
+        type=since_argument,
+        help="judge predictions at or after this ISO time (the server's local time unless it"
+        " names a zone: 2026-11-20T08:00, 2026-11-20T07:00Z) or this long ago (90m, 12h, 7d);"
+        " default: the last 24 h, or since the model took over if that is later",
     )
+    widen.add_argument("--all", action="store_true", help="judge every record kept")
     return parser.parse_args(list(argv) if argv is not None else None)
 
 
+def window_of(args: argparse.Namespace) -> Window:
+    """The window the command line asks for (`--all`, `--since`, else the default)."""
+    if args.all:
+        return EVERYTHING
+    if args.since is not None:
+        return Window(args.since, "--since")
+    return default_window(datetime.now(), took_over(args.model), args.model)
+
+
+def window_line(result: dict[str, Any]) -> str:
+    """Which records the report judged, and how to judge more."""
+    window = result["window"]
+    line = (
+        f"judged {window['description']}: {result['log_files']} record file(s) read"
+        f", {result['skipped_files']} last written before it left unread"
+    )
+    return line + ("" if window["since"] is None else "; --since 7d or --all widens it")
+
+
 def _served_tag() -> str | None:
-    path = Path(".bentoml/serving-tag")
-    return path.read_text().strip() if path.is_file() else None
+    return SERVING_TAG_FILE.read_text().strip() if SERVING_TAG_FILE.is_file() else None
 
 
 def main(argv: Iterable[str] | None = None) -> int:
@@ -239,12 +345,13 @@ def main(argv: Iterable[str] | None = None) -> int:
             model=model,
             test_images=test_images,
             config=monitor,
-            since=args.since,
+            window=window_of(args),
         )
     except (FileNotFoundError, ValueError, NotFound) as error:
         print(f"serving.tools.monitor: {error}", file=sys.stderr)
         return 2
     print(result["summary"])
+    print(window_line(result))
     print(
         f"wrote {args.out / 'drift.json'}"
         + ("" if result["drift"] is None else f" and {args.out / 'drift.png'}")
