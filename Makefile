@@ -10,10 +10,11 @@ DOCS_PORT ?= 8000
 UI_PORT ?= 5000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install docs-assets scale data postgres browser npm repro test test-fast lint format ui serve build bench docs clean
+.PHONY: help install docs-assets scale data postgres browser npm repro exp test test-fast lint format ui serve build bench docs clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
+	@echo "make exp     the experiments: chosen variant, test and validation accuracy (ALL=1: every column)"
 	@echo "make test    install and run every test (slow ones included)"
 	@echo "make serve   serve the registered champion with BentoML on 127.0.0.1:$(PORT)"
 	@echo "make ui      MLflow UI on 127.0.0.1:$(UI_PORT)"
@@ -130,6 +131,20 @@ npm:
 
 repro: install data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+# `dvc exp show` has about 260 columns (every metric, every key of params.yaml, every dependency's
+# hash) and, in a terminal under about 300 columns or with --no-pager, collapses to `… … …`; DVC
+# has no setting for the columns it shows. `make exp` keeps the leading ones, which fit in 120
+# columns: each experiment, when it was made, the chosen variant and its test and validation
+# accuracy (the workspace row: what `make repro` just measured). ALL=1 prints every column as a
+# Markdown table instead (`make exp ALL=1 | less -S` scrolls sideways). EXP_ARGS passes options
+# to `dvc exp show`, e.g. EXP_ARGS=-A for the experiments of every commit.
+EXP_COLUMNS := ^(Experiment|Created|chosen\.(variant|test_accuracy|val_accuracy))$$
+ALL ?= 0
+EXP_ARGS ?=
+exp:
+	@PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc exp show \
+		$(if $(filter 1,$(ALL)),--md,--no-pager --drop '.*' --keep '$(EXP_COLUMNS)') $(EXP_ARGS)
 
 # PYTEST_ARGS passes options to pytest (CI: --durations=15, the slowest tests).
 PYTEST_ARGS ?=
