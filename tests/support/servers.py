@@ -219,14 +219,18 @@ def bentoml_command(port: int, service: str = "serving.service:Classifier") -> l
     ]
 
 
-def mlflow_server_command(port: int, *, backend: str, artifacts: Path) -> list[str]:
-    """`mlflow server` on 127.0.0.1:`port` with proxied artefact storage under `artifacts`."""
+def mlflow_server_command(
+    port: int, *, backend: str, artifacts: Path, app_name: str | None = None
+) -> list[str]:
+    """`mlflow server` on 127.0.0.1:`port` with proxied artefact storage under `artifacts`
+    (and `--app-name`, e.g. `basic-auth`, when given)."""
     return [
         str(BIN_DIR / "mlflow"),
         "server",
         *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
         f"--backend-store-uri={backend}",
         f"--artifacts-destination={artifacts}",
+        *(("--app-name", app_name) if app_name else ()),
     ]
 
 
@@ -255,13 +259,20 @@ def bentoml_serve(
 
 @contextlib.contextmanager
 def mlflow_server(
-    root: Path, *, backend: str, timeout: float = 120.0, env: Mapping[str, str] | None = None
+    root: Path,
+    *,
+    backend: str,
+    timeout: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    app_name: str | None = None,
 ) -> Iterator[Server]:
     """A ready `mlflow server` on a free port of 127.0.0.1 with `backend` as its store and
     proxied artefacts in `root`/artifacts (log in `root`), `env` added to its environment;
     always stopped."""
     port = free_port()
-    command = mlflow_server_command(port, backend=backend, artifacts=root / "artifacts")
+    command = mlflow_server_command(
+        port, backend=backend, artifacts=root / "artifacts", app_name=app_name
+    )
     environment = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     # Background job runners (seven worker processes) serve features tests do not use.
     environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
