@@ -229,9 +229,19 @@ def listen(
     log.info("listening for registry webhooks on %s", url)
     if tracking_uri.startswith(("http://", "https://")):
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-        webhook = register_webhook(client, url, secret, registered_model)
+        try:
+            webhook = register_webhook(client, url, secret, registered_model)
+        except MlflowException as error:
+            # Behind basic auth only an admin may register webhooks (docs/team.md#accounts).
+            log.warning(
+                "the registry refused the webhook (%s): following by polling every %s s",
+                str(error).splitlines()[0][:200],
+                args.interval,
+            )
+            return None
         log.info("registered the webhook with %s", tracking_uri)
         return lambda: client.delete_webhook(webhook.webhook_id)
     return None

@@ -9,6 +9,7 @@ it tries to move `champion`, and no password is left anywhere a run writes.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -195,3 +196,30 @@ def test_no_password_is_left_where_the_runs_write(trained_project: Project, team
         for (value,) in team_server.query(f"SELECT value FROM {table}"):
             found += [f"{name} in {table}" for name, s in secrets.items() if s.decode() in value]
     assert not found, found
+
+
+def test_the_read_only_follower_polls_when_the_webhook_is_refused(
+    trained_project: Project, team_server, tmp_path
+):
+    """Only an admin may register a webhook: the follower says so and follows by polling."""
+    tag_file = tmp_path / "serving-tag"
+    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
+    command += ["--interval", "1", "--webhook-port", "0"]
+    environment = trained_project.env | team_server.account("serving")
+    environment["MLFLOW_WEBHOOK_SECRET"] = "a-webhook-secret-for-the-test"
+    with servers.running(
+        "follow",
+        command,
+        port=0,
+        log=tmp_path / "follow.log",
+        env=environment,
+        cwd=trained_project.root,
+    ) as follower:
+        deadline = time.monotonic() + 120
+        while not (tag_file.exists() and "refused the webhook" in follower.output()):
+            assert follower.process.poll() is None, follower.tail()
+            assert time.monotonic() < deadline, follower.tail()
+            time.sleep(0.5)
+    assert "following by polling every 1.0 s" in follower.output()
+    assert "a-webhook-secret-for-the-test" not in follower.output()
+    assert tag_file.read_text().startswith(f"{REGISTERED_MODEL}:v")
