@@ -3,14 +3,16 @@
 A pointer file (`FOLLOW_FILE`) names the BentoML model tag to serve; `serving.tools.follow` keeps
 it on the registry's alias (`make serve` runs both). Every worker reads the file itself every
 `FOLLOW_POLL_S` seconds: a request reaches one worker, a file reaches them all. When the tag
-changes, the worker loads the candidate beside the served model and checks it (`check`): its
-served file has the sha256 its metadata records, it opens, has as many outputs as classes and
-answers a warm-up image; it classifies the same classes from the same input contract as the
-served model. Then one assignment swaps it in. A request takes the served model once, at its
-start, so it is answered wholly by one version (the one its answer names), and requests in flight
-finish on the version that started them. A refused candidate leaves the served model in place; the
-log and `/metrics` (`classifier_model_swaps_total`) say which version was refused and why, and
-it is tried again only when the file changes again. Nothing here talks to MLflow.
+changes, the worker loads the candidate beside the served model and checks it (`check`): its served
+file has the sha256 its metadata records, it opens, has as many outputs as classes, answers a
+warm-up image, and answers the probe recorded at registration (validation images and the registered
+file's probabilities) as it was registered; it classifies the same classes from the same input
+contract as the served model. Then one assignment swaps it in. A request takes the served model
+once, at its start, so it is answered wholly by one version (the one its answer names), and
+requests in flight finish on the version that started them. A refused candidate leaves the served
+model in place; the log and `/metrics` (`classifier_model_swaps_total`) say which version was
+refused and why, and it is tried again only when the file changes again. Nothing here talks to
+MLflow.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from serving.model import ServedModel, file_sha256, served_file
 
@@ -76,9 +81,38 @@ def load_candidate(tag: str, *, threads: int) -> ServedModel:
             " for it; package the version again",
         )
     try:
-        return ServedModel.load(path, info=info, version=str(stored.tag.version), threads=threads)
+        model = ServedModel.load(path, info=info, version=str(stored.tag.version), threads=threads)
     except Exception as error:
         raise Refused("load", f"{tag}: {path.name} does not load: {error}") from None
+    probe = (info.get("onnx") or {}).get("probe")
+    if probe:
+        check_probe(model, Path(stored.path_of(probe)), tag=tag)
+    return model
+
+
+def check_probe(model: ServedModel, path: Path, *, tag: str) -> None:
+    """`Refused` unless `model` answers the probe recorded at registration (images and the
+    registered file's probabilities, `pipeline.model.onnx_export.write_probe`) with the same
+    classes and probabilities within the probe's tolerance: the file, the runtime and this
+    machine together compute what was registered."""
+    try:
+        with np.load(path) as probe:
+            images, expected = probe["images"], probe["probabilities"]
+            tolerance = float(probe["tolerance"])
+    except (OSError, KeyError, ValueError) as error:
+        raise Refused("probe", f"{tag}: its probe {path.name} cannot be read: {error}") from None
+    found = model.probabilities(images)
+    if found.shape != expected.shape:
+        raise Refused("probe", f"{tag}: answers of shape {found.shape}, the probe {expected.shape}")
+    moved = int((found.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    difference = float(np.abs(found - expected).max())
+    if moved or difference > tolerance:
+        raise Refused(
+            "probe",
+            f"{tag}: on its {len(images)} probe images it answers another class for {moved} and"
+            f" probabilities up to {difference:.2g} away from those registered (tolerance"
+            f" {tolerance:g}); package the version again, or check the runtime on this machine",
+        )
 
 
 def check(served: ServedModel, candidate: ServedModel) -> None:
@@ -158,7 +192,11 @@ class Follower:
             _swaps().labels(tag.partition(":v")[2] or tag, "refused", error.reason).inc()
             log.error("refused %s, still serving v%s: %s", tag, served.model.version, error)
             return False
-        self.put(Served(candidate, tag, time.time()))
+        taken = Served(candidate, tag, time.time())
+        self.put(taken)
         _swaps().labels(candidate.version, "served", "").inc()
-        log.info("now serving %s v%s (%s)", candidate.name, candidate.version, tag)
+        # The instant to the millisecond (the log's own stamp has whole seconds): when this
+        # worker's answers start naming the new version.
+        since = datetime.fromtimestamp(taken.since, UTC).isoformat(timespec="milliseconds")
+        log.info("now serving %s v%s (%s) since %s", candidate.name, candidate.version, tag, since)
         return True

@@ -170,13 +170,16 @@ def _judged(rule: Int8Config, figures: Int8Decision) -> tuple[str, bool]:
 
 @dataclass(frozen=True)
 class OnnxFiles:
-    """The two files `build_files` wrote into `folder`, their check and the served one."""
+    """The two files `build_files` wrote into `folder` (and the served one's probe), their check
+    and the served one."""
 
     folder: Path
     check: onnx_export.Agreement
     decision: Int8Decision
     fp32_sha256: str
     int8_sha256: str
+    # The probe (onnx_export.write_probe): validation images and the served file's answers.
+    probe_sha256: str
     # The served file's test accuracy (reported, never used to choose).
     served_test_accuracy: float
 
@@ -188,6 +191,7 @@ class OnnxFiles:
             "onnx_sha256": served,
             "onnx_fp32_sha256": self.fp32_sha256,
             "onnx_int8_sha256": self.int8_sha256,
+            "onnx_probe_sha256": self.probe_sha256,
             "onnx_check": f"{self.check.images} validation images, the same class for all,"
             f" probabilities within {self.check.max_difference:.2g} of Keras",
             "onnx_served_test_accuracy": f"{self.served_test_accuracy:.6f}",
@@ -223,11 +227,15 @@ def build_files(
     )
     log.info("ONNX: serving %s: %s", decision.served_file, decision.reason)
     served = onnx_export.onnx_probabilities(folder / decision.served_file, test[0])
+    probe = onnx_export.write_probe(
+        folder / decision.served_file, val[0], int8=decision.served == "int8"
+    )
     return OnnxFiles(
         folder=folder,
         check=agreement,
         decision=decision,
         fp32_sha256=onnx_export.sha256(fp32),
         int8_sha256=onnx_export.sha256(int8),
+        probe_sha256=onnx_export.sha256(probe),
         served_test_accuracy=float((served.argmax(axis=1) == test[1]).mean()),
     )

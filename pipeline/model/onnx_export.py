@@ -35,6 +35,14 @@ INT8_FILE = "model.int8.onnx"
 # Largest difference between a Keras and an ONNX Runtime probability that passes the check.
 TOLERANCE = 1e-5
 BATCH = 1024
+# The probe: a few validation images and the served file's answers to them, registered with the
+# version; a service that follows the registry serves a candidate only if it answers the same
+# (serving.follow). Within PROBE_TOLERANCE for a float32 file; an int8 file's kernels differ
+# more between CPUs (with and without VNNI), so it gets PROBE_TOLERANCE_INT8.
+PROBE_FILE = "probe.npz"
+PROBE_IMAGES = 16
+PROBE_TOLERANCE = 1e-4
+PROBE_TOLERANCE_INT8 = 1e-2
 
 
 class ExportMismatch(RuntimeError):
@@ -112,6 +120,20 @@ def onnx_probabilities(path_or_session: Any, images: np.ndarray) -> np.ndarray:
             for start in range(0, len(images), BATCH)
         ]
     )
+
+
+def write_probe(served: Path, images: np.ndarray, *, int8: bool) -> Path:
+    """The probe of the served file `served`, beside it: the first PROBE_IMAGES of `images`, the
+    file's probabilities for them and the tolerance a candidate must answer within."""
+    images = np.asarray(images[:PROBE_IMAGES], dtype=np.float32)
+    path = Path(served).parent / PROBE_FILE
+    np.savez(
+        path,
+        images=images,
+        probabilities=onnx_probabilities(served, images),
+        tolerance=np.float32(PROBE_TOLERANCE_INT8 if int8 else PROBE_TOLERANCE),
+    )
+    return path
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:

@@ -112,6 +112,8 @@ def import_version(
     import bentoml
     import mlflow
 
+    from pipeline.model import onnx_export
+
     with tempfile.TemporaryDirectory() as scratch:
         # Ask the client where the version's files are rather than setting the process-wide
         # tracking URI (which MLflow also copies into MLFLOW_TRACKING_URI for every later caller).
@@ -124,6 +126,8 @@ def import_version(
         )
         files = {path.name: path for path in local.rglob("*.onnx")}
         if files:
+            # The served file's probe comes along (serving.follow checks candidates with it).
+            files |= {path.name: path for path in local.rglob(onnx_export.PROBE_FILE)}
             onnx = registered_onnx(tag, files, version.tags)
         else:
             files, onnx = exported_onnx(tag, local, Path(scratch) / "exported", check_images)
@@ -145,6 +149,7 @@ def registered_onnx(tag: str, files: dict[str, Path], tags: dict[str, str]) -> d
     expected = {
         onnx_export.FP32_FILE: tags.get("onnx_fp32_sha256"),
         onnx_export.INT8_FILE: tags.get("onnx_int8_sha256"),
+        onnx_export.PROBE_FILE: tags.get("onnx_probe_sha256"),
     }
     for name, path in files.items():
         if expected.get(name) and onnx_export.sha256(path) != expected[name]:
@@ -163,6 +168,8 @@ def registered_onnx(tag: str, files: dict[str, Path], tags: dict[str, str]) -> d
         "files": sorted(files),
         "int8_decision": tags.get("onnx_int8_decision", ""),
     }
+    if onnx_export.PROBE_FILE in files:
+        onnx["probe"] = onnx_export.PROBE_FILE
     if tags.get("onnx_served_test_accuracy"):
         # What evaluate measured for the served file (the Keras model's is in `metrics`).
         onnx["served_test_accuracy"] = float(tags["onnx_served_test_accuracy"])

@@ -237,6 +237,13 @@ def assert_registered_onnx(client, version, prepared: Path, keras_test: np.ndarr
     served = onnx_export.onnx_probabilities(files[tags["onnx_file"]], x_test)
     accuracy = float((served.argmax(axis=1) == labels).mean())
     assert float(tags["onnx_served_test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    # The probe a following service checks a candidate with: the served file's own answers.
+    [probe] = local.rglob(onnx_export.PROBE_FILE)
+    assert onnx_export.sha256(probe) == tags["onnx_probe_sha256"]
+    with np.load(probe) as recorded:
+        assert recorded["images"].shape == (onnx_export.PROBE_IMAGES, 28, 28)
+        answers = onnx_export.onnx_probabilities(files[tags["onnx_file"]], recorded["images"])
+        np.testing.assert_allclose(recorded["probabilities"], answers, atol=1e-6)
 
 
 def trained_mlp(root: Path, prepared: Path) -> dict:

@@ -249,11 +249,13 @@ def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha2
     onnx_export.export(model, folder / onnx_export.FP32_FILE)
     images = np.random.default_rng(1).random((40, 28, 28), dtype=np.float32)
     int8.quantize(folder / "model.onnx", folder / "model.int8.onnx", images)
+    probe = onnx_export.write_probe(folder / "model.int8.onnx", images, int8=True)
     tags = {
         "onnx_file": onnx_export.INT8_FILE,
         "onnx_served": "int8",
         "onnx_fp32_sha256": onnx_export.sha256(folder / "model.onnx"),
         "onnx_int8_sha256": onnx_export.sha256(folder / "model.int8.onnx"),
+        "onnx_probe_sha256": onnx_export.sha256(probe),
         "onnx_int8_decision": "int8 keeps the answers: ...",
         "onnx_served_test_accuracy": "0.930000",
     }
@@ -267,15 +269,13 @@ def test_package_copies_the_onnx_files_evaluate_registered_and_checks_their_sha2
         tag = package.package(registered_model=NAME, tracking_uri=registry.uri)
         stored = bentoml.models.get(tag)
         onnx = stored.info.metadata["onnx"]
-        assert onnx["files"] == ["model.int8.onnx", "model.onnx"]
+        assert onnx["files"] == ["model.int8.onnx", "model.onnx", "probe.npz"]
+        assert onnx["probe"] == "probe.npz"
         assert (onnx["served_file"], onnx["precision"]) == ("model.int8.onnx", "int8")
         assert onnx["sha256"] == tags["onnx_int8_sha256"] and "exported_by" not in onnx
         assert onnx["served_test_accuracy"] == 0.93
-        for name in onnx["files"]:
-            assert (
-                onnx_export.sha256(Path(stored.path_of(name)))
-                == tags["onnx_int8_sha256" if "int8" in name else "onnx_fp32_sha256"]
-            )
+        for name, key in zip(onnx["files"], ("int8", "fp32", "probe"), strict=True):
+            assert onnx_export.sha256(Path(stored.path_of(name))) == tags[f"onnx_{key}_sha256"]
         bentoml.models.delete(tag)
         registry.client.set_model_version_tag(NAME, "2", "onnx_fp32_sha256", "0" * 64)
         with pytest.raises(package.PackageError, match=r"model\.onnx in the registry has sha256"):

@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serving import preprocess
@@ -57,14 +58,19 @@ def store_keras_model(model, tag: str, *, metadata: dict) -> str:
 
     with tempfile.TemporaryDirectory() as scratch:
         path = onnx_export.export(model, Path(scratch) / onnx_export.FP32_FILE)
+        # The probe evaluate registers, on images of the model's input shape.
+        images = np.random.default_rng(0).random((onnx_export.PROBE_IMAGES, 28, 28))
+        probe = onnx_export.write_probe(path, images, int8=False)
         onnx = {
             "served_file": path.name,
             "precision": "fp32",
             "sha256": onnx_export.sha256(path),
-            "files": [path.name],
+            "files": [path.name, probe.name],
+            "probe": probe.name,
         }
         with bentoml.models.create(
             tag, module="serving.service", metadata=metadata | {"onnx": onnx}
         ) as stored:
-            shutil.copyfile(path, stored.path_of(path.name))
+            for file in (path, probe):
+                shutil.copyfile(file, stored.path_of(file.name))
     return tag

@@ -1,7 +1,8 @@
 """A real `bentoml serve` (two workers) follows its pointer file: a new model answers within the
 poll interval plus 2 s, under load, with no failed request and every answer naming a version that
-was served during it; a corrupted file and a model of other classes are refused while the served
-one goes on answering, and `/metrics` says which version was refused and why."""
+was served during it; a corrupted file, a model of other classes and one that does not answer its
+registered probe are refused while the served one goes on answering, and `/metrics` says which
+version was refused and why."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ class Load:
 
 @pytest.fixture(scope="module")
 def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Followed]:
-    """The shape model as v1 and v2, a v3 whose file is corrupted after packaging and a v4 of
-    other classes, in a store of their own; the service started on v1, following a file."""
+    """The shape model as v1 and v2, a v3 whose file is corrupted after packaging, a v4 of
+    other classes and a v5 whose answers are not those recorded in its probe, in a store of
+    their own; the service started on v1, following a file."""
     folder = tmp_path_factory.mktemp("follow")
     home = folder / "bentoml"
     shutil.copytree(shape_store.home, home)
@@ -78,6 +80,14 @@ def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
         served_file = Path(bentoml.models.get("shapes:v3").path_of("model.onnx"))
         served_file.write_bytes(served_file.read_bytes() + b"\0")
+        # v5 answers otherwise than its registration recorded (another runtime, a wrong file).
+        bento.store_model(shape_store.model, "shapes:v5", class_names=shapes.SHAPES, version="5")
+        probe = Path(bentoml.models.get("shapes:v5").path_of("probe.npz"))
+        with np.load(probe) as recorded:
+            fields = dict(recorded)
+        fields["probabilities"] = np.roll(fields["probabilities"], 1, axis=1)
+        with probe.open("wb") as file:  # np.savez would add .npz to a name without it
+            np.savez(file, **fields)
     pointer = folder / "serving-tag"
     pointer.write_text("shapes:v1\n")
     environment = shape_store.environment(
@@ -135,7 +145,9 @@ def test_a_new_model_takes_over_under_load_without_a_failed_request(followed: Fo
     assert re.match(r"\d{4}-\d\d-\d\dT", metadata["served_since"])
 
 
-@pytest.mark.parametrize(("tag", "reason"), [("shapes:v3", "sha256"), ("shapes:v4", "classes")])
+@pytest.mark.parametrize(
+    ("tag", "reason"), [("shapes:v3", "sha256"), ("shapes:v4", "classes"), ("shapes:v5", "probe")]
+)
 def test_a_bad_candidate_is_refused_and_the_served_model_stays(followed: Followed, tag, reason):
     before = versions_on_fresh_connections(followed.url)
     followed.point_at(tag)
