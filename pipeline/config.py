@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -222,6 +223,35 @@ class Int8Config:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """Section `evaluate.budget`: what the served file may cost, measured on the machine that
+    registers it (`pipeline.model.onnx_export.served_costs`). A version over any limit is
+    registered but stays challenger. None: no limit."""
+
+    # Median time of one image through the served file, one ONNX Runtime thread, milliseconds.
+    max_latency_ms: float | None = None
+    # The served file's size, MiB.
+    max_file_mib: float | None = None
+    # What opening the served file's ONNX Runtime session adds to the process's memory, MiB.
+    max_session_mib: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_latency_ms", "max_file_mib", "max_session_mib"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"evaluate.budget.{name} must be positive or null, got {value}")
+
+    def exceeded(self, costs: Mapping[str, float | None]) -> list[str]:
+        """What `costs` (latency_ms, file_mib, session_mib) exceed, in words; [] when none."""
+        over = []
+        for key, unit in (("latency_ms", "ms"), ("file_mib", "MiB"), ("session_mib", "MiB")):
+            limit, found = getattr(self, f"max_{key}"), costs.get(key)
+            if limit is not None and found is not None and found > limit:
+                over.append(f"{key.split('_')[0]} {found:.3g} {unit} > {limit:g} {unit}")
+        return over
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Section `evaluate`: how to choose the best variant and register it."""
 
@@ -231,6 +261,7 @@ class EvaluateConfig:
     registered_model: str | None = None
     misclassified_examples: int = 25
     int8: Int8Config = field(default_factory=Int8Config)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,15 @@ def description(
     )
 
 
+def served_costs(onnx: Mapping[str, str]) -> dict[str, float]:
+    """The served file's costs from its `served_*` tags (pipeline.model.int8.OnnxFiles)."""
+    return {
+        key: float(onnx[f"served_{key}"])
+        for key in ("latency_ms", "file_mib", "session_mib")
+        if f"served_{key}" in onnx
+    }
+
+
 def register_chosen(
     client,
     evaluation: Evaluation,
@@ -121,6 +130,7 @@ def register_chosen(
         test_accuracy=evaluation.best.metrics.test_accuracy,
         champion_test_accuracy=champion_accuracy_on(client, name, *test, scored=scored),
         min_improvement=settings.min_improvement,
+        over_budget=settings.budget.exceeded(served_costs(onnx or {})),
     )
     log.info(
         "chose %s by %s; %s v%s: %s",

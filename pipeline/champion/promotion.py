@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.champion import registry
@@ -114,9 +115,11 @@ def register(
     test_accuracy: float,
     champion_test_accuracy: float | None,
     min_improvement: float,
+    over_budget: Sequence[str] = (),
 ) -> registry.Registration:
-    """Register (or reuse) the version for `run_id`, apply the promotion gate, then settle the
-    champion among the versions that evaluations elsewhere promoted meanwhile.
+    """Register (or reuse) the version for `run_id`, apply the promotion gate (accuracy, and the
+    served file's budget: `over_budget` says what it exceeds), then settle the champion among the
+    versions that evaluations elsewhere promoted meanwhile.
 
     `champion_test_accuracy` is the current champion's accuracy on the same test set, or None
     when there is no champion yet or it cannot be scored on this test set.
@@ -131,5 +134,6 @@ def register(
         test_accuracy=test_accuracy,
         champion_test_accuracy=champion_test_accuracy,
         min_improvement=min_improvement,
+        over_budget=over_budget,
     )
     return settle(client, registration, data_sha256=tags.data_sha256)

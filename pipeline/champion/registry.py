@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -237,8 +237,12 @@ def promote(
     test_accuracy: float,
     champion_test_accuracy: float | None,
     min_improvement: float,
+    over_budget: Sequence[str] = (),
 ) -> Registration:
-    """Apply the gate to `version`: it gets alias champion, or alias challenger and the reason."""
+    """Apply the gate to `version`: it gets alias champion, or alias challenger and the reason.
+    `over_budget`: what its served file exceeds of `evaluate.budget`; any of it keeps the
+    version challenger whatever its accuracy (a first version is served all the same: there is
+    nothing else to serve)."""
     current = champion(client, name)
     if current is not None and str(current.version) == version:
         return Registration(name, version, True, "already the champion", version)
@@ -248,6 +252,11 @@ def promote(
         champion_test_accuracy=champion_test_accuracy,
         min_improvement=min_improvement,
     )
+    if over_budget and current is None:
+        # Nothing else can serve: the first version is served, and says what it exceeds.
+        reason += f"; over budget ({'; '.join(over_budget)})"
+    elif over_budget:
+        promoted, reason = False, f"not promoted: over budget ({'; '.join(over_budget)}); {reason}"
     if not promoted:
         client.set_registered_model_alias(name, CHALLENGER, version)
         return Registration(name, version, False, reason, str(current.version))

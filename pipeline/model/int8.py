@@ -180,22 +180,32 @@ class OnnxFiles:
     int8_sha256: str
     # The probe (onnx_export.write_probe): validation images and the served file's answers.
     probe_sha256: str
+    # What serving it costs here (onnx_export.served_costs): latency_ms, file_mib, session_mib.
+    costs: dict[str, float | None]
     # The served file's test accuracy (reported, never used to choose).
     served_test_accuracy: float
 
     def as_tags(self) -> dict[str, str]:
         """The registered version's tags about its ONNX files."""
         served = self.int8_sha256 if self.decision.served == "int8" else self.fp32_sha256
-        return {
-            "onnx_file": self.decision.served_file,
-            "onnx_sha256": served,
-            "onnx_fp32_sha256": self.fp32_sha256,
-            "onnx_int8_sha256": self.int8_sha256,
-            "onnx_probe_sha256": self.probe_sha256,
-            "onnx_check": f"{self.check.images} validation images, the same class for all,"
-            f" probabilities within {self.check.max_difference:.2g} of Keras",
-            "onnx_served_test_accuracy": f"{self.served_test_accuracy:.6f}",
-        } | self.decision.as_tags()
+        return (
+            {
+                "onnx_file": self.decision.served_file,
+                "onnx_sha256": served,
+                "onnx_fp32_sha256": self.fp32_sha256,
+                "onnx_int8_sha256": self.int8_sha256,
+                "onnx_probe_sha256": self.probe_sha256,
+                "onnx_check": f"{self.check.images} validation images, the same class for all,"
+                f" probabilities within {self.check.max_difference:.2g} of Keras",
+                "onnx_served_test_accuracy": f"{self.served_test_accuracy:.6f}",
+            }
+            | self.decision.as_tags()
+            | {
+                f"served_{key}": f"{value:.4g}"
+                for key, value in self.costs.items()
+                if value is not None
+            }
+        )
 
 
 def calibration_sample(train_images: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
@@ -230,6 +240,7 @@ def build_files(
     probe = onnx_export.write_probe(
         folder / decision.served_file, val[0], int8=decision.served == "int8"
     )
+    costs = onnx_export.served_costs(folder / decision.served_file, val[0][0])
     return OnnxFiles(
         folder=folder,
         check=agreement,
@@ -237,5 +248,6 @@ def build_files(
         fp32_sha256=onnx_export.sha256(fp32),
         int8_sha256=onnx_export.sha256(int8),
         probe_sha256=onnx_export.sha256(probe),
+        costs=costs,
         served_test_accuracy=float((served.argmax(axis=1) == test[1]).mean()),
     )

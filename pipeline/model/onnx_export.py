@@ -14,8 +14,10 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -134,6 +136,38 @@ def write_probe(served: Path, images: np.ndarray, *, int8: bool) -> Path:
         tolerance=np.float32(PROBE_TOLERANCE_INT8 if int8 else PROBE_TOLERANCE),
     )
     return path
+
+
+def served_costs(path: Path, image: np.ndarray, *, repeats: int = 200) -> dict[str, float | None]:
+    """What serving `path` costs on this machine (the promotion gate's budget, `evaluate.budget`):
+    `latency_ms`, the median time of one image on one ONNX Runtime thread after a warm-up;
+    `file_mib`; `session_mib`, what opening the session and a first answer add to this process's
+    resident memory (None where /proc cannot tell)."""
+    before = _resident_mib()
+    runner = session(path, threads=1)
+    name = runner.get_inputs()[0].name
+    single = np.asarray(image, np.float32)[None]
+    for _ in range(20):
+        runner.run(None, {name: single})
+    after = _resident_mib()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        runner.run(None, {name: single})
+        times.append(time.perf_counter() - started)
+    return {
+        "latency_ms": float(np.median(times) * 1000),
+        "file_mib": Path(path).stat().st_size / 2**20,
+        "session_mib": None if before is None or after is None else max(after - before, 0.0),
+    }
+
+
+def _resident_mib() -> float | None:
+    try:
+        fields = Path("/proc/self/statm").read_text().split()
+    except OSError:
+        return None
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def keras_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:

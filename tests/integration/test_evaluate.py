@@ -237,6 +237,11 @@ def assert_registered_onnx(client, version, prepared: Path, keras_test: np.ndarr
     served = onnx_export.onnx_probabilities(files[tags["onnx_file"]], x_test)
     accuracy = float((served.argmax(axis=1) == labels).mean())
     assert float(tags["onnx_served_test_accuracy"]) == pytest.approx(accuracy, abs=1e-6)
+    # What the served file costs here, for the gate's budget (evaluate.budget).
+    served_file = files[tags["onnx_file"]]
+    assert float(tags["served_file_mib"]) == pytest.approx(served_file.stat().st_size / 2**20, 1e-3)
+    assert 0 < float(tags["served_latency_ms"]) < 1000
+    assert float(tags["served_session_mib"]) >= 0
     # The probe a following service checks a candidate with: the served file's own answers.
     [probe] = local.rglob(onnx_export.PROBE_FILE)
     assert onnx_export.sha256(probe) == tags["onnx_probe_sha256"]

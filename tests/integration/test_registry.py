@@ -10,7 +10,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline.champion import registry
+from pipeline.champion import promotion, registry
 from tests.support.registry import NAME, Registry
 
 
@@ -156,3 +156,42 @@ def test_a_run_recalibrated_at_another_temperature_is_a_new_version(model_regist
     assert client.get_model_version(NAME, "2").tags["temperature"] == "0.900000"
     found = registry.version_for_run(client, NAME, run[0], temperature="0.900000")
     assert str(found.version) == "2"
+
+
+def test_a_version_over_budget_stays_challenger_whatever_its_accuracy(
+    model_registry: Registry,
+):
+    over = ["latency 31 ms > 20 ms"]
+    first = promotion.register(
+        model_registry.client,
+        name=model_registry.name,
+        **_version(model_registry, 0.80),
+        champion_test_accuracy=None,
+        min_improvement=0.0,
+        over_budget=over,
+    )
+    # The first version is served all the same (nothing else could be), saying what it exceeds.
+    assert first.promoted and first.reason.endswith("over budget (latency 31 ms > 20 ms)")
+    better = promotion.register(
+        model_registry.client,
+        name=model_registry.name,
+        **_version(model_registry, 0.95),
+        champion_test_accuracy=0.80,
+        min_improvement=0.0,
+        over_budget=over,
+    )
+    assert (better.promoted, better.champion_version) == (False, "1")
+    assert better.reason.startswith("not promoted: over budget (latency 31 ms > 20 ms); beats")
+    assert model_registry.alias("champion") == "1"
+    assert model_registry.alias("challenger") == "2"
+
+
+def _version(model_registry: Registry, accuracy: float) -> dict:
+    run_id, model_uri = model_registry.new_run()
+    return {
+        "run_id": run_id,
+        "model_uri": model_uri,
+        "tags": registry.VersionTags(variant="tiny", metrics={"test_accuracy": accuracy}),
+        "description": f"tiny model, test accuracy {accuracy}",
+        "test_accuracy": accuracy,
+    }

@@ -243,3 +243,14 @@ def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
     with pytest.raises(config.ConfigError, match="not valid YAML"):
         config.load(tmp_path / "bad.yaml")
+
+
+def test_the_serving_budget_names_what_is_exceeded() -> None:
+    budget = config.BudgetConfig(max_latency_ms=20, max_file_mib=1, max_session_mib=None)
+    costs = {"latency_ms": 25.0, "file_mib": 0.5, "session_mib": 900.0}
+    assert budget.exceeded(costs) == ["latency 25 ms > 20 ms"]
+    assert config.BudgetConfig().exceeded(costs) == []
+    with pytest.raises(
+        config.ConfigError, match=r"evaluate\.budget\.max_file_mib must be positive"
+    ):
+        config.BudgetConfig(max_file_mib=0)
