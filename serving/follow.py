@@ -2,7 +2,7 @@
 
 A pointer file (`FOLLOW_FILE`) names the BentoML model tag to serve; `serving.tools.follow` keeps
 it on the registry's alias (`make serve` runs both). Every worker reads the file itself every
-`FOLLOW_POLL_S` seconds: a request reaches one worker, a file reaches them all. When the tag
+`FOLLOW_POLL_MS` milliseconds: a request reaches one worker, a file reaches them all. When the tag
 changes, the worker loads the candidate beside the served model and checks it (`check`): its served
 file has the sha256 its metadata records, it opens, has as many outputs as classes, answers a
 warm-up image, and answers the probe recorded at registration (validation images and the registered
@@ -139,7 +139,8 @@ def _swaps() -> Any:
 
     return prometheus_client.Counter(
         "classifier_model_swaps",
-        "Candidate models a worker swapped in (outcome=served) or refused (outcome=refused)",
+        "Candidate models a worker swapped in (outcome=served), took as its shadow"
+        " (outcome=shadow) or refused (outcome=refused)",
         labelnames=("version", "outcome", "reason"),
     )
 
@@ -152,12 +153,17 @@ class Follower:
         pointer: Path,
         *,
         interval: float,
-        get: Callable[[], Served],
-        put: Callable[[Served], None],
+        get: Callable[[], Served | None],
+        put: Callable[[Served | None], None],
         load: Callable[[str], ServedModel],
+        reference: Callable[[], ServedModel] | None = None,
     ) -> None:
+        """`get` and `put` read and replace what is followed; `reference`, when given, is the
+        model a candidate is checked against, and what is followed may be None (a shadow,
+        `serving.shadow`, which an empty pointer file stops); otherwise the followed model
+        itself, which an empty file leaves in place."""
         self.pointer, self.interval = pointer, interval
-        self.get, self.put, self.load = get, put, load
+        self.get, self.put, self.load, self.reference = get, put, load, reference
         self._refused: tuple[str, float] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="follow", daemon=True)
@@ -179,18 +185,26 @@ class Follower:
         """Swap in the model the pointer names, if it is new and passes; whether it swapped."""
         tag = read_pointer(self.pointer)
         served = self.get()
-        if tag is None or tag == served.tag:
+        if tag == (None if served is None else served.tag):
             return False
+        if tag is None:
+            if self.reference is None:
+                return False
+            self.put(None)
+            log.info("%s names no model: no longer shadowing", self.pointer)
+            return True
         changed = self.pointer.stat().st_mtime
         if self._refused == (tag, changed):
             return False  # refused already; tried again when the file changes
+        reference = self.reference() if self.reference is not None else served.model
         try:
             candidate = self.load(tag)
-            check(served.model, candidate)
+            check(reference, candidate)
         except Refused as error:
             self._refused = (tag, changed)
             _swaps().labels(tag.partition(":v")[2] or tag, "refused", error.reason).inc()
-            log.error("refused %s, still serving v%s: %s", tag, served.model.version, error)
+            kept = "none" if served is None else f"v{served.model.version}"
+            log.error("refused %s for %s, kept %s: %s", tag, self.pointer.name, kept, error)
             return False
         taken = Served(candidate, tag, time.time())
         self.put(taken)

@@ -3,9 +3,11 @@ its answers. Nothing here imports TensorFlow or Keras: a serving worker never lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,10 @@ class ServedModel:
         """Class probabilities, float32 (N, classes), for (N, 28, 28) images in [0, 1]."""
         # ONNX Runtime takes exactly the declared type: JSON pixels arrive as float64.
         feed = np.ascontiguousarray(images, dtype=np.float32)
-        return self._session.run(None, {self._input: feed})[0]
+        started = time.perf_counter()
+        answer = self._session.run(None, {self._input: feed})[0]
+        _forward_seconds().labels(self.version).observe(time.perf_counter() - started)
+        return answer
 
     def results(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
         """One JSON-ready answer per row of probabilities."""
@@ -85,6 +90,20 @@ class ServedModel:
 
     def classify(self, images: np.ndarray) -> list[dict[str, Any]]:
         return self.results(self.probabilities(images))
+
+
+@functools.cache
+def _forward_seconds() -> Any:
+    """Each version's model-call time (the champion's and a shadow's alike), made once per
+    process (see `serving.watch._metrics`)."""
+    import prometheus_client
+
+    return prometheus_client.Histogram(
+        "classifier_forward_seconds",
+        "Time of one call of the model (a single image or a chunk of a batch), by version",
+        labelnames=("version",),
+        buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    )
 
 
 def providers() -> list[str]:

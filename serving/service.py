@@ -25,12 +25,13 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator
 
-from serving import batching, deadline, failfast, pixels_json, preprocess, routes
+from serving import batching, deadline, failfast, pixels_json, preprocess, routes, shadow
 from serving.edge import Edge
 from serving.follow import Follower, Served, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
+from serving.shadow import Shadow
 from serving.tokens import Guard
 from serving.watch import MONITOR_NAME, PredictWatch, Watch, keep_predict_inputs
 
@@ -104,19 +105,19 @@ class Classifier:
             raise
         # What this worker serves; `serving.follow` replaces it whole when the model changes.
         self.served = Served(model, str(self.model_ref.tag), time.time())
+        # What answers beside it, when SHADOW_FILE names a model (serving.shadow).
+        self.shadowed: Served | None = None
         self.watch = Watch(
             model_name=model.name,
             model_version=model.version,
             class_names=model.class_names,
             pixel_rate=self.settings.monitor_pixel_rate,
-            pruner=Pruner(
-                Path(DECLARED.monitor_dir) / MONITOR_NAME,
-                Retention(self.settings.monitor_keep_days, self.settings.monitor_keep_bytes),
-            ),
+            pruner=Pruner(Path(DECLARED.monitor_dir) / MONITOR_NAME, self.retention),
         )
         self.watch.pruner.maybe_prune()
         log.info("serving %s v%s (%s)", model.name, model.version, DECLARED.model_tag)
         self.follower = self._follow()
+        self.watch.shadow = self._shadow()
         # What is alive now (modules, the model, BentoML) lives as long as the worker: kept out of
         # the garbage collector's full passes, which otherwise walk it all every few seconds.
         gc.freeze()
@@ -149,6 +150,10 @@ class Classifier:
         return served.model.info | {"bento_model": served.tag, "served_since": since}
 
     @property
+    def retention(self) -> Retention:
+        return Retention(self.settings.monitor_keep_days, self.settings.monitor_keep_bytes)
+
+    @property
     def threads(self) -> int:
         return threads_per_worker(self.settings.model_threads, DECLARED.workers)
 
@@ -166,6 +171,31 @@ class Classifier:
         follower.start()
         log.info("following the model named in %s", self.settings.follow_file)
         return follower
+
+    def _shadow(self) -> Shadow | None:
+        """Shadow the model SHADOW_FILE names, when it is set (serving.shadow); None otherwise."""
+        if not self.settings.shadow_file:
+            return None
+        follower = Follower(
+            Path(self.settings.shadow_file),
+            interval=self.settings.follow_poll_ms / 1000,
+            get=lambda: self.shadowed,
+            put=lambda shadowed: setattr(self, "shadowed", shadowed),
+            load=lambda tag: load_candidate(tag, threads=self.threads),
+            reference=lambda: self.served.model,
+        )
+        follower.poll()  # the shadow named at start answers from the first request on
+        follower.start()
+        log.info(
+            "shadowing the model named in %s on %.0f%% of requests",
+            self.settings.shadow_file,
+            self.settings.shadow_fraction * 100,
+        )
+        return Shadow(
+            lambda: None if self.shadowed is None else self.shadowed.model,
+            self.settings.shadow_fraction,
+            pruner=Pruner(Path(DECLARED.monitor_dir) / shadow.MONITOR_NAME, self.retention),
+        )
 
 
 deadline.install()

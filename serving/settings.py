@@ -50,8 +50,14 @@ class Settings:
     # A file naming the BentoML model tag to serve: every worker follows it (serving.follow).
     # Empty: serve the model the service started with, always (a built bento, say).
     follow_file: str = ""
-    # How often each worker reads that file, in milliseconds.
-    follow_poll_ms: int = 1000
+    # How often each worker reads that file, in milliseconds. A read of a few bytes costs nothing
+    # measurable; a longer wait spent half of the 2 s a new champion has to answer after a webhook
+    # (docs/performance.md, "Swaps under load").
+    follow_poll_ms: int = 250
+    # A file naming a model tag that answers beside the served one, off the response path
+    # (serving.shadow), for a fraction of the requests; empty: no shadow.
+    shadow_file: str = ""
+    shadow_fraction: float = 0.1
     # Bearer tokens that open every route but the probes and pages (serving.tokens), separated by
     # commas or spaces; and a file of them, one a line (`#` comments). Both empty: no token asked.
     service_tokens: str = ""

@@ -26,6 +26,7 @@ import numpy as np
 
 from serving import preprocess
 from serving.retention import Pruner
+from serving.shadow import Shadow
 
 log = logging.getLogger("bentoml.serving")
 
@@ -99,6 +100,8 @@ class Watch:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     # Removes old record files now and then (serving.retention); None keeps them all.
     pruner: Pruner | None = None
+    # Another version answering a sampled fraction beside the served one (serving.shadow).
+    shadow: Shadow | None = None
 
     def record(
         self,
@@ -133,7 +136,12 @@ class Watch:
         model_version: str | None = None,
     ) -> None:
         """`record`, `step` images at a time with a pause for the event loop between steps: a
-        batch's 256 rows hold the worker's interpreter ~5 ms in one go."""
+        batch's 256 rows hold the worker's interpreter ~5 ms in one go. A sampled request is
+        also answered by the shadow, in a task of its own (serving.shadow)."""
+        if self.shadow is not None:
+            self.shadow.maybe_compare(
+                endpoint, images, probabilities, model_version or self.model_version
+            )
         labels = None if labels is None else np.asarray(labels)
         for start in range(0, len(images), step):
             part = slice(start, start + step)

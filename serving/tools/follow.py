@@ -15,6 +15,8 @@ told: with `--webhook-port` it listens on 127.0.0.1 for MLflow's registry webhoo
 when the alias moves. A delivery must carry a valid HMAC signature made with the secret in
 `MLFLOW_WEBHOOK_SECRET` (and a timestamp less than 5 minutes old); anything else gets 401 and
 changes nothing. The secret is never logged. `--once` packages and writes the file, then exits.
+With `--optional` (the shadow's follower: `--alias challenger --tag-file .bentoml/shadow-tag`)
+an alias that names no version empties the file instead of being an error.
 """
 
 from __future__ import annotations
@@ -78,7 +80,10 @@ def follow_once(path: Path, make_tag: Callable[[], str]) -> str | None:
     if tag == named(path):
         return None
     write_tag(path, tag)
-    log.info("the alias names %s: %s now points the service at it", tag, path)
+    if tag:
+        log.info("the alias names %s: %s now points the service at it", tag, path)
+    else:
+        log.info("the alias names no version: %s emptied", path)
     return tag
 
 
@@ -135,6 +140,7 @@ def receiver(
                 self._answer(401, problem)
                 return
             if concerns(body, registered_model=registered_model, alias=alias):
+                log.info("webhook: %s moved (%s)", alias, json.loads(body)["data"].get("version"))
                 wake.set()
             self._answer(204, None)
 
@@ -178,8 +184,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
     parser.add_argument("--webhook-port", type=int, help="listen for MLflow registry webhooks")
     parser.add_argument("--once", action="store_true", help="one round, then exit")
+    parser.add_argument(
+        "--optional",
+        action="store_true",
+        help="an alias that names no version empties the tag file (a shadow: none now)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="follow: %(message)s")
+    # Times to the millisecond: how long a round took after the alias moved is read from here.
+    logging.basicConfig(level=logging.INFO, format="follow: %(asctime)s %(message)s")
     from pipeline import tracking
 
     tracking_uri = tracking.tracking_uri()
@@ -188,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     def make_tag() -> str:
         # A round that finds the alias where it was reads the registry and nothing else.
         current = named(args.tag_file)
-        if current == alias_tag(tracking_uri, registered_model, args.alias):
+        wanted = alias_tag(tracking_uri, registered_model, args.alias)
+        if current == wanted:
             return current
+        if wanted is None and args.optional:
+            return ""  # an empty file: nothing to shadow now
         return package.package(
             registered_model=registered_model, tracking_uri=tracking_uri, alias=args.alias
         )

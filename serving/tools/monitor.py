@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.shadow import MONITOR_NAME as SHADOW_NAME
 from serving.tools.drift import Predictions, ServedLog, plot, reference_predictions, report
 from serving.watch import STATISTICS
 
@@ -111,7 +112,12 @@ def log_files(folder: Path, since: datetime | None = None) -> tuple[list[Path], 
         raise FileNotFoundError(
             f"{folder} is not a folder; pass the service's MONITOR_DIR (default: monitoring)"
         )
-    files = sorted(path for path in folder.rglob("data.*.log*") if path.is_file())
+    files = sorted(
+        path
+        for path in folder.rglob("data.*.log*")
+        # The shadow's records (serving.shadow) are another table: `serving.tools.shadow`.
+        if path.is_file() and SHADOW_NAME not in path.relative_to(folder).parts
+    )
     if since is None:
         return files, 0
     start = _local(since).timestamp()
