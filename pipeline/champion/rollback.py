@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,12 @@ def history_lines(client: Any, name: str) -> list[str]:
     return lines
 
 
+def who(environ=os.environ) -> str:
+    """Who rolls back: the registry account when there is one (MLFLOW_TRACKING_USERNAME, the
+    name the server's basic auth checked), else this machine's user."""
+    return environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -105,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(history_lines(client, name)) or f"{name}: no champion yet")
         return
     try:
-        left, restored = rollback(
-            client, name, reason=args.reason, by=getpass.getuser(), to=args.to
-        )
+        left, restored = rollback(client, name, reason=args.reason, by=who(), to=args.to)
     except (RollbackError, MlflowException) as error:
         raise SystemExit(f"rollback: {error}") from None
     print(f"{name}: champion v{left} -> v{restored} ({args.reason})")

@@ -3,6 +3,8 @@ comes back in one command, both versions say who did it and why, and the history
 
 from __future__ import annotations
 
+import getpass
+
 import pytest
 
 from pipeline.champion import registry, rollback
@@ -54,3 +56,8 @@ def test_the_command_rolls_back_and_prints_the_history(
     ]
     assert lines[-1].startswith("* v2") and "rollback from v3: latency" in lines[-1]
     assert "[rolled back" in lines[1] and "latency" in lines[1]
+
+
+def test_the_registry_account_is_who_rolled_back() -> None:
+    assert rollback.who({"MLFLOW_TRACKING_USERNAME": "trainer"}) == "trainer"
+    assert rollback.who({}) == getpass.getuser()
