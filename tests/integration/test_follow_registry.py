@@ -15,34 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline.champion.registry import VersionTags
-from tests.support import servers, shapes
+from tests.support import follow_stack, servers
+from tests.support.registry import register_versions
 
 pytestmark = pytest.mark.slow
 NAME = "shapes-classifier"
-
-
-def register_versions(uri: str, count: int) -> None:
-    """`count` versions of NAME (tiny Keras models, as a hand registration would log them)."""
-    import keras
-    import mlflow
-    import mlflow.keras
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    experiment = client.create_experiment("follow")
-    client.create_registered_model(NAME)
-    with pytest.MonkeyPatch.context() as patch, _use_tracking_uri(uri):
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        for version in range(1, count + 1):
-            keras.utils.set_random_seed(version)
-            model = shapes.tiny_model(len(shapes.SHAPES))
-            with mlflow.start_run(experiment_id=experiment) as run:
-                info = mlflow.keras.log_model(model, name="model", pip_requirements=["keras"])
-            tags = VersionTags(variant="mlp", dataset="mnist", class_names=shapes.SHAPES).as_tags()
-            client.create_model_version(
-                NAME, info.model_uri, run_id=run.info.run_id, tags=tags, model_id=info.model_id
-            )
 
 
 def wait_for(path: Path, text: str, timeout: float, follower: servers.Server) -> float:
@@ -60,15 +37,9 @@ def wait_for(path: Path, text: str, timeout: float, follower: servers.Server) ->
 @pytest.fixture(scope="module")
 def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("follow-server")
-    webhooks = {
-        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-        # The server caches its list of webhooks for 60 s by default: one registered meanwhile
-        # would get no delivery for up to a minute.
-        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-    }
+    webhooks = follow_stack.WEBHOOK_SERVER_ENV
     with servers.mlflow_server(root, backend=f"sqlite:///{root / 'db'}", env=webhooks) as server:
-        register_versions(server.url, 2)
+        register_versions(server.url, 2, name=NAME)
         yield server.url
 
 
@@ -114,7 +85,7 @@ def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register_versions(uri, 2)
+    register_versions(uri, 2, name=NAME, artifact_location=(tmp_path / "artifacts").as_uri())
     client = mlflow.MlflowClient(tracking_uri=uri)
     client.set_registered_model_alias(NAME, "champion", "1")
     tag_file = tmp_path / "serving-tag"
