@@ -7,8 +7,8 @@ non-2xx, every answer is one version's, which a worker served during the request
 the alias during it (allowing for the time the goal gives the service to hear of a move), and every
 worker serves the new version within 2 s of the move with webhooks, within the poll interval plus
 2 s with polling. The load lasts 68 s (webhook) and 83 s (polling) plus the rollback command's
-start, which took 3-23 s on a busy 2-core machine; each mode costs about 2 minutes of CI time
-(114 s and 140 s there), most of it the load itself.
+time, 9-29 s on a busy 2-core machine; each mode costs about 2 minutes of CI time (114 s and
+140 s there), most of it the load itself.
 """
 
 from __future__ import annotations
