@@ -9,8 +9,8 @@ tag every move records; a version rolled back once is never returned to). The ve
 tag `rolled_back` (when, by whom, why), the one restored `champion_since` and `champion_reason`.
 `--to` names the version to restore instead: for a registry whose earlier champions were crowned
 before the history was recorded. A service that follows the registry (`make serve`) serves it
-within its poll interval. The registered model and the store come from params.yaml and
-MLFLOW_TRACKING_URI, as for every stage.
+within its poll interval. The registered model comes from REGISTERED_MODEL, else params.yaml (as
+the follower and `serving.tools.package` read it); the store from MLFLOW_TRACKING_URI.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline import config, tracking
 
-    name = config.load(args.params).registered_model
+    # REGISTERED_MODEL first, as serving.tools.package and the follower read it.
+    name = os.environ.get("REGISTERED_MODEL") or config.load(args.params).registered_model
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri())
     if args.history:
         print("\n".join(history_lines(client, name)) or f"{name}: no champion yet")

@@ -5,8 +5,10 @@ woken it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -106,3 +108,32 @@ def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
         wait_for(tag_file, f"{NAME}:v1", 180, follower)
         client.set_registered_model_alias(NAME, "champion", "2")
         assert wait_for(tag_file, f"{NAME}:v2", 120, follower) < 60
+
+
+def test_the_shadow_follower_empties_its_file_when_the_alias_names_none(tmp_path: Path):
+    """`--optional` (what `make serve SHADOW=challenger` runs): the challenger's tag while there
+    is one, an empty file (no shadow) once the alias is gone, never an error."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    register_versions(uri, 2, name=NAME, artifact_location=(tmp_path / "artifacts").as_uri())
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.set_registered_model_alias(NAME, "challenger", "2")
+    tag_file = tmp_path / "shadow-tag"
+    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
+    command += ["--alias", "challenger", "--optional", "--once"]
+    environment = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "REGISTERED_MODEL": NAME,
+        "BENTOML_HOME": str(tmp_path / "bentoml"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    run = functools.partial(subprocess.run, command, env=environment, capture_output=True)
+    first = run(text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert tag_file.read_text().strip() == f"{NAME}:v2"
+    client.delete_registered_model_alias(NAME, "challenger")
+    second = run(text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert tag_file.read_text().strip() == ""
+    assert "the alias names no version" in second.stderr
