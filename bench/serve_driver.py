@@ -59,6 +59,9 @@ class Cell:
     memory: dict[str, int] = field(default_factory=dict)
     # Why the cell was not driven: its endpoint failed the answer check before the load.
     failure: str | None = None
+    # Requests each server worker read during the cell, warm-up included (bench.serve_workers);
+    # None where the server does not say (MLflow's).
+    worker_requests: dict[str, int] | None = None
 
     @property
     def requests_per_s(self) -> float:
@@ -107,6 +110,7 @@ class Cell:
             "cpu_cores": self.cpu,
             "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
             "server_memory_bytes": self.memory,
+            "worker_requests": self.worker_requests,
             "error_samples": self.error_samples,
         }
 
@@ -183,12 +187,10 @@ async def drive(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         window_start = time.perf_counter() + warmup_s
         window_end = window_start + cell.duration_s
-        # Connections opened in one burst can all be accepted by one server worker process (each
-        # accepts what is queued); opening them a little apart lets the kernel spread them.
-        stagger = min(0.02, warmup_s / (2 * cell.concurrency))
 
-        async def worker(index: int) -> None:
-            await asyncio.sleep(index * stagger)
+        # All at once, as a client's pool opens its connections: spreading them over the server's
+        # workers is the server's job (serving.spread).
+        async def worker() -> None:
             while (sent := time.perf_counter()) < window_end:
                 failure = await _send(session, url, request)
                 done = time.perf_counter()
@@ -208,7 +210,7 @@ async def drive(
             cell.cpu = serve_servers.cpu_between(first, serve_servers.cpu_snapshot(server_pid))
             cell.memory = serve_servers.memory(server_pid)
 
-        await asyncio.gather(measure(), *(worker(index) for index in range(cell.concurrency)))
+        await asyncio.gather(measure(), *(worker() for _ in range(cell.concurrency)))
     cell.error_samples = [f"{count} x {text}" for text, count in errors.most_common(ERROR_SAMPLES)]
     return cell
 
@@ -224,10 +226,13 @@ def measure(
     timeout_s: float,
     failed: Mapping[str, str],
     report: Callable[[Cell], None],
+    count: Callable[[Callable[[], None]], dict[str, int]] | None = None,
 ) -> list[Cell]:
     """Every (kind, concurrency) cell of one server, each passed to `report` once measured.
 
     A kind in `failed` (its check request got an error) is recorded as a failed cell, not loaded.
+    `count(run)`, where given, runs a cell's load and returns the requests each server worker
+    read meanwhile (bench.serve_workers.counted).
     """
     cells = []
     for kind, request in requests.items():
@@ -236,16 +241,18 @@ def measure(
             if kind in failed:
                 cell.failure = failed[kind]
             else:
-                asyncio.run(
-                    drive(
-                        cell,
-                        base_url=server.url,
-                        server_pid=server.pid,
-                        request=request,
-                        warmup_s=warmup_s,
-                        timeout_s=timeout_s,
-                    )
+                load = drive(
+                    cell,
+                    base_url=server.url,
+                    server_pid=server.pid,
+                    request=request,
+                    warmup_s=warmup_s,
+                    timeout_s=timeout_s,
                 )
+                if count is None:
+                    asyncio.run(load)
+                else:
+                    cell.worker_requests = count(lambda load=load: asyncio.run(load))
             report(cell)
             cells.append(cell)
     return cells

@@ -18,7 +18,8 @@ ours / MLflow per cell, then each goal with PASS / MISS and by how much it is mi
 
 The modules: `serve_payloads` (what each kind sends, how answers are read), `serve_driver` (the
 load: concurrency, latencies, cells), `serve_servers` (server processes, their CPU and memory),
-`serve_report` (table and goals, listed in its docstring).
+`serve_workers` (requests per worker of ours, fresh client pools), `serve_report` (table and
+goals, listed in its docstring).
 
 The client runs on the same cores as the server, so every figure is a lower bound for a server
 with cores of its own; each cell shows the cores busy in its window: server (its whole process
@@ -30,7 +31,7 @@ BENTOML_HOME (default `<repo>/.bentoml`, as `make serve` uses).
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import json
 import os
 import signal
@@ -47,13 +48,11 @@ import numpy as np
 # `tests.support`, `pipeline` and `serving` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import machine, serve_driver, serve_payloads, serve_report, serve_servers
+from bench import serve_driver, serve_payloads, serve_report, serve_servers, serve_workers
 from pipeline.champion import registry
 from tests.support import servers
 
 ROOT = servers.REPO_ROOT
-# More than this many cores busy with other work makes the figures unrepresentative.
-BUSY_CORES = 0.2
 
 
 @dataclass(frozen=True)
@@ -133,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="test split with x (N, 28, 28) floats in [0, 1] and labels; synthetic if missing",
     )
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument(
+        "--fresh-starts", type=int, default=20,
+        help="fresh client pools of 8 connections that check how ours spreads them (0: none)",
+    )  # fmt: skip
     parser.add_argument("--ready-timeout", type=float, default=180.0)
     parser.add_argument("--request-timeout", type=float, default=60.0)
     parser.add_argument("--json", help="also write the raw figures to this file ('-': print them)")
@@ -157,28 +160,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _interrupt(signum: int, frame: Any) -> None:
     # SIGTERM becomes what Ctrl-C is, so the `finally` that stops the servers runs.
     raise KeyboardInterrupt
-
-
-def describe_machine() -> dict[str, Any]:
-    """Print and return the machine, its versions and the load already on it."""
-    info = machine.machine()
-    print(
-        f"- machine: {info['cpu']}, os.cpu_count() = {info['cpu_count']}"
-        f" ({info['usable_cpus']} usable; lscpu: {info['cores_per_socket']} cores/socket,"
-        f" {info['threads_per_core']} threads/core); Python {info['python']}"
-    )
-    print("- versions: " + ", ".join(f"{key} {value}" for key, value in info["versions"].items()))
-    info["background_cores"] = serve_servers.background_load()
-    warning = (
-        "; WARNING: the figures below share the machine with it (see the 'other' cores)"
-        if info["background_cores"] > BUSY_CORES
-        else ""
-    )
-    print(
-        f"- background load before start: {info['background_cores']:.2f} cores busy with other"
-        f" work{warning}"
-    )
-    return info
 
 
 def model_name(args: argparse.Namespace) -> str:
@@ -213,50 +194,6 @@ def resolve_model(name: str, alias: str) -> Model:
         f" {os.environ['BENTOML_HOME']}"
     )
     return model
-
-
-def oip_lines(base_url: str, name: str) -> list[str]:
-    """What the OIP health and model metadata endpoints answer (shown, never fatal)."""
-    lines = []
-    for path in ("/v2/health/ready", f"/v2/models/{name}"):
-        status, payload = asyncio.run(serve_driver.get_once(base_url, path))
-        lines.append(f"OIP GET {path}: HTTP {status} {payload[:160].decode(errors='replace')}")
-    return lines
-
-
-def probe(
-    name: str,
-    server: servers.Server,
-    requests: dict[str, serve_driver.Request],
-    *,
-    timeout_s: float,
-) -> tuple[dict[tuple[str, str], list[int]], dict[str, str]]:
-    """Send each of `name`'s requests once: the labels answered, by (server, kind), and the
-    kinds that failed. A kind of ours that answers with an error is a failed cell (the service
-    may not have that endpoint yet); MLflow's baseline failing stops the benchmark."""
-    answers: dict[tuple[str, str], list[int]] = {}
-    failures: dict[str, str] = {}
-    for kind, request in requests.items():
-        answer = asyncio.run(serve_driver.post_once(server.url, request, timeout_s=timeout_s))
-        try:
-            answers[(name, kind)] = serve_payloads.labels(name, kind, *answer)
-        except serve_payloads.AnswerError as error:
-            if name == "mlflow":
-                raise serve_payloads.AnswerError(f"the MLflow server, {kind}: {error}") from None
-            failures[kind] = f"{request.path}: {error}"
-    return answers, failures
-
-
-def peak_memory(
-    after_ready: dict[str, dict[str, int]], cells: list[serve_driver.Cell]
-) -> dict[str, dict[str, int]]:
-    """Per server, the largest resident memory seen: after it was ready or at a cell's end."""
-    peaks = {name: dict(found) for name, found in after_ready.items()}
-    for cell in cells:
-        for key, value in cell.memory.items():
-            peak = peaks.setdefault(cell.server, {"rss": 0, "pss": 0})
-            peak[key] = max(peak.get(key, 0), value)
-    return peaks
 
 
 def start_server(
@@ -294,6 +231,36 @@ class Outcome:
     memory: dict[str, dict[str, int]]
     checks: list[str]
     failures: dict[str, str]
+    fresh: list[serve_driver.Cell]
+
+
+def check_answers(
+    name: str,
+    server: servers.Server,
+    requests: dict[str, serve_driver.Request],
+    answers: dict[tuple[str, str], list[int]],
+    checks: list[str],
+    model: Model,
+    true_labels: np.ndarray | None,
+    args: argparse.Namespace,
+) -> dict[str, str]:
+    """Send `name`'s requests once, check every answer so far (added to `answers`) and print
+    the check lines not printed yet (added to `checks`); the kinds of ours that failed."""
+    found, failed = serve_payloads.probe(name, server, requests, timeout_s=args.request_timeout)
+    answers |= found
+    lines, wrong = serve_payloads.check_answers(
+        answers, true_labels=true_labels, classes=model.classes
+    )
+    failures = failed | wrong if name == "ours" else {}
+    if name == "ours":
+        if "oip" in requests:
+            lines += serve_payloads.oip_lines(server.url, model.name)
+        lines += [f"FAILED {kind}: {why}" for kind, why in failures.items()]
+    for line in [line for line in lines if line not in checks]:
+        print(f"- check: {line}")
+        checks.append(line)
+    print()
+    return failures
 
 
 def start_check_and_load(
@@ -311,23 +278,18 @@ def start_check_and_load(
     answers: dict[tuple[str, str], list[int]] = {}
     checks: list[str] = []
     failures: dict[str, str] = {}
+    fresh: list[serve_driver.Cell] = []
     for name in ("ours",) if args.skip_mlflow else ("ours", "mlflow"):
         server = start_server(name, args, model, log_dir)
+        ours = name == "ours"
         try:
+            if ours:
+                serve_workers.all_accepting(server.url, args.workers, timeout_s=args.ready_timeout)
             ready[name], after_ready[name] = server.ready_s, serve_servers.memory(server.pid)
-            found, failed = probe(name, server, requests[name], timeout_s=args.request_timeout)
-            answers |= found
-            lines, wrong = serve_payloads.check_answers(
-                answers, true_labels=true_labels, classes=model.classes
+            failed = check_answers(
+                name, server, requests[name], answers, checks, model, true_labels, args
             )
-            if name == "ours":
-                failures = failed | wrong
-                lines += oip_lines(server.url, model.name) if "oip" in requests["ours"] else []
-                lines += [f"FAILED {kind}: {why}" for kind, why in failures.items()]
-            for line in [line for line in lines if line not in checks]:
-                print(f"- check: {line}")
-                checks.append(line)
-            print()
+            failures = failed if ours else failures
             cells += serve_driver.measure(
                 name,
                 server,
@@ -338,17 +300,30 @@ def start_check_and_load(
                 timeout_s=args.request_timeout,
                 failed={} if name == "mlflow" else failures,
                 report=lambda cell: print(serve_report.progress(cell), flush=True),
+                count=functools.partial(serve_workers.counted, server.url) if ours else None,
             )
+            if ours:
+                fresh = serve_workers.check_fresh_starts(
+                    server.url,
+                    server.pid,
+                    requests[name],
+                    failures,
+                    count=args.fresh_starts,
+                    workers=args.workers,
+                    timeout_s=args.request_timeout,
+                )
         finally:
             serve_servers.stop_all([server])
-    return Outcome(cells, ready, peak_memory(after_ready, cells), checks, failures)
+    return Outcome(
+        cells, ready, serve_servers.peak_memory(after_ready, cells), checks, failures, fresh
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Package, start, check, load and stop; print the report; return everything measured."""
     name = model_name(args)
     print(f"# Serving load: {name}@{args.alias}\n")
-    info = describe_machine()
+    info = serve_servers.describe_machine()
     model = resolve_model(name, args.alias)
     images, true_labels, source = serve_payloads.load_images(args.data, args.batch_size)
     requests = serve_payloads.requests_for(
@@ -371,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = Path(tempfile.mkdtemp(prefix="serve_load-"))
     outcome = start_check_and_load(args, model, requests, true_labels, log_dir)
     goals = serve_report.goals(outcome.cells, outcome.ready, outcome.memory)
+    goals.append(serve_workers.spread_goal(outcome.cells, outcome.fresh, args.workers))
     print("\n" + serve_report.table(outcome.cells) + "\n")
     print("\n".join(serve_report.goal_lines(goals)))
     print(
@@ -393,6 +369,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checks": outcome.checks,
         "failed_kinds": outcome.failures,
         "cells": [cell.summary() for cell in outcome.cells],
+        "fresh_starts": [cell.worker_requests for cell in outcome.fresh],
         "goals": serve_report.summary(goals),
         "logs": str(log_dir),
     }

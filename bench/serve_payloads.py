@@ -20,6 +20,7 @@ image kinds, its "batch" that of the multi-image ones.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import urllib.parse
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.serve_driver import Request
+from bench.serve_driver import Request, get_once, post_once
+from tests.support import servers
 
 # Each kind of ours -> the MLflow kind its throughput is compared with.
 BASELINE = {
@@ -285,3 +287,35 @@ def _check_single_images(
             f" /predict on the raw pixels says {pixels[0]}"
             + ("" if upload[0] == pixels[0] else " (the upload path re-crops and rescales)")
         )
+
+
+def oip_lines(base_url: str, name: str) -> list[str]:
+    """What the OIP health and model metadata endpoints answer (shown, never fatal)."""
+    lines = []
+    for path in ("/v2/health/ready", f"/v2/models/{name}"):
+        status, payload = asyncio.run(get_once(base_url, path))
+        lines.append(f"OIP GET {path}: HTTP {status} {payload[:160].decode(errors='replace')}")
+    return lines
+
+
+def probe(
+    name: str,
+    server: servers.Server,
+    requests: dict[str, Request],
+    *,
+    timeout_s: float,
+) -> tuple[dict[tuple[str, str], list[int]], dict[str, str]]:
+    """Send each of `name`'s requests once: the labels answered, by (server, kind), and the
+    kinds that failed. A kind of ours that answers with an error is a failed cell (the service
+    may not have that endpoint yet); MLflow's baseline failing stops the benchmark."""
+    answers: dict[tuple[str, str], list[int]] = {}
+    failures: dict[str, str] = {}
+    for kind, request in requests.items():
+        answer = asyncio.run(post_once(server.url, request, timeout_s=timeout_s))
+        try:
+            answers[(name, kind)] = labels(name, kind, *answer)
+        except AnswerError as error:
+            if name == "mlflow":
+                raise AnswerError(f"the MLflow server, {kind}: {error}") from None
+            failures[kind] = f"{request.path}: {error}"
+    return answers, failures

@@ -9,6 +9,8 @@ Goals (ours, measured against `mlflow models serve` on the same version in the s
     >= 4,000 images/s through /predict (JSON) in batches (best concurrency)
     >= 8,000 images/s through OIP /infer (binary tensors) in batches (best concurrency)
     ready <= 2.5 s after start (process start -> /readyz 200)
+    every worker serves >= 25% of the requests of every c=8 cell and of every fresh client pool
+    (bench.serve_workers, which counts each cell's requests per worker)
     our server's process tree: resident memory <= 700 MiB (summed RSS, after the batch cells)
     single image /predict_image at concurrency 8: >= 0.5x the floor's req/s (GET /livez, same
     server, same concurrency: what the HTTP stack alone allows)
@@ -277,6 +279,21 @@ def goals(
     return found + batch_goals(cells) + server_goals(ready, memory)
 
 
+def shares(by_worker: dict[str, int] | None) -> dict[str, float]:
+    """Each worker's fraction of the requests counted; {} when none were."""
+    total = sum((by_worker or {}).values())
+    return {worker: count / total for worker, count in (by_worker or {}).items()} if total else {}
+
+
+def shares_text(by_worker: dict[str, int] | None) -> str:
+    """`1: 812 (51%), 2: 790 (49%)`: requests per worker index; '' when not counted."""
+    found = shares(by_worker)
+    return ", ".join(
+        f"{worker}: {count:,} ({found.get(worker, 0):.0%})"
+        for worker, count in (by_worker or {}).items()
+    )
+
+
 def server_name(server: str) -> str:
     return "BentoML (ours)" if server == "ours" else "mlflow models serve"
 
@@ -294,7 +311,7 @@ def row(cell: Cell, cells: list[Cell]) -> str:
         f" | {cell.images_per_request} | {cell.concurrency}"
     )
     if cell.failure is not None:
-        return head + f" | FAILED: {cell.failure[:FAILURE_CHARACTERS]} | | | | | | | | |"
+        return head + f" | FAILED: {cell.failure[:FAILURE_CHARACTERS]} | | | | | | | | | |"
     ratio = ratio_for(cell, cells)
     cpu_ms = cell.server_cpu_ms_per_request
     rss = cell.memory.get("rss")
@@ -303,7 +320,7 @@ def row(cell: Cell, cells: list[Cell]) -> str:
         f" | {cell.percentile(0.5):,.1f} | {cell.percentile(0.99):,.1f} | {cell.errors}"
         f" | {'' if ratio is None else f'{ratio:.1f}x'}"
         f" | {'' if cpu_ms is None else f'{cpu_ms:.2f}'} | {cpu_text(cell)}"
-        f" | {'' if rss is None else f'{rss / MIB:,.0f}'} |"
+        f" | {'' if rss is None else f'{rss / MIB:,.0f}'} | {shares_text(cell.worker_requests)} |"
     )
 
 
@@ -311,8 +328,8 @@ def table(cells: list[Cell]) -> str:
     lines = [
         "| server | kind | endpoint | images/request | concurrency | req/s | images/s | p50 ms"
         " | p99 ms | errors | ours / MLflow | server CPU ms/request"
-        " | cores: server / client / other | server RSS MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        " | cores: server / client / other | server RSS MiB | requests by worker |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     return "\n".join(lines + [row(cell, cells) for cell in cells])
 
@@ -341,7 +358,12 @@ def progress(cell: Cell) -> str:
             f"{head} c={cell.concurrency:<3} {cell.requests_per_s:8,.0f} req/s"
             f" {cell.images_per_s:9,.0f} images/s  p50 {cell.percentile(0.5):6.1f} ms"
             f"  p99 {cell.percentile(0.99):6.1f} ms  errors {cell.errors}"
-            f"  cores: {cpu_text(cell)} (by process: {spread})",
+            f"  cores: {cpu_text(cell)} (by process: {spread})"
+            + (
+                f"  requests by worker: {shares_text(cell.worker_requests)}"
+                if cell.worker_requests
+                else ""
+            ),
             *(f"      error: {sample}" for sample in cell.error_samples),
         ]
     )

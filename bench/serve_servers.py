@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import machine
 from tests.support import servers
 
 SERVICE = "serving.service:Classifier"
+# More than this many cores busy with other work makes the figures unrepresentative.
+BUSY_CORES = 0.2
 
 
 def server_env(*, bentoml_home: str, tracking_uri: str, extra: dict[str, str]) -> dict[str, str]:
@@ -144,3 +147,37 @@ def stop_all(running: Iterable[servers.Server]) -> None:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
+
+
+def peak_memory(
+    after_ready: dict[str, dict[str, int]], cells: Iterable[Any]
+) -> dict[str, dict[str, int]]:
+    """Per server, the largest resident memory seen: after it was ready or at a cell's end."""
+    peaks = {name: dict(found) for name, found in after_ready.items()}
+    for cell in cells:
+        for key, value in cell.memory.items():
+            peak = peaks.setdefault(cell.server, {"rss": 0, "pss": 0})
+            peak[key] = max(peak.get(key, 0), value)
+    return peaks
+
+
+def describe_machine() -> dict[str, Any]:
+    """Print and return the machine, its versions and the load already on it."""
+    info = machine.machine()
+    print(
+        f"- machine: {info['cpu']}, os.cpu_count() = {info['cpu_count']}"
+        f" ({info['usable_cpus']} usable; lscpu: {info['cores_per_socket']} cores/socket,"
+        f" {info['threads_per_core']} threads/core); Python {info['python']}"
+    )
+    print("- versions: " + ", ".join(f"{key} {value}" for key, value in info["versions"].items()))
+    info["background_cores"] = background_load()
+    warning = (
+        "; WARNING: the figures below share the machine with it (see the 'other' cores)"
+        if info["background_cores"] > BUSY_CORES
+        else ""
+    )
+    print(
+        f"- background load before start: {info['background_cores']:.2f} cores busy with other"
+        f" work{warning}"
+    )
+    return info

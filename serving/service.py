@@ -25,7 +25,7 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator
 
-from serving import batching, deadline, failfast, pixels_json, preprocess, routes, shadow
+from serving import batching, deadline, failfast, pixels_json, preprocess, routes, shadow, spread
 from serving.edge import Edge
 from serving.follow import Follower, Served, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
@@ -199,6 +199,8 @@ class Classifier:
 
 
 deadline.install()
+# Each worker accepts connections only while it holds no more than the others (serving.spread).
+spread.install(DECLARED.workers)
 # Outermost first: the token check, then the edge's limits, then the watch.
 Classifier.add_asgi_middleware(Guard)
 Classifier.add_asgi_middleware(Edge)
