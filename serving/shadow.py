@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from serving.model import ServedModel
+from serving.records import log_columns
 from serving.retention import Pruner
 
 log = logging.getLogger("bentoml.serving")
@@ -97,12 +98,10 @@ def record(
     seconds: float,
 ) -> None:
     """The comparison's rows (one per image) and counters."""
-    import bentoml
-
     champion_labels, shadow_labels = champion.argmax(axis=1), shadow.argmax(axis=1)
     agree = champion_labels == shadow_labels
     count = len(agree)
-    columns = {
+    values = {
         "endpoint": [endpoint] * count,
         "champion_version": [champion_version] * count,
         "shadow_version": [shadow_version] * count,
@@ -113,10 +112,20 @@ def record(
         "shadow_confidence": np.round(shadow.max(axis=1).astype(float), 6).tolist(),
         "shadow_ms": [round(seconds * 1000, 4)] * count,
     }
-    with bentoml.monitor(MONITOR_NAME) as monitor:
-        for name, values in columns.items():
-            kind = "categorical" if name.endswith(("version", "label", "endpoint")) else "numerical"
-            monitor.log_batch(values, name, "feature", kind)
+    categorical = (
+        "endpoint",
+        "champion_version",
+        "shadow_version",
+        "champion_label",
+        "shadow_label",
+    )
+    log_columns(
+        MONITOR_NAME,
+        {
+            name: (column, "feature", "categorical" if name in categorical else "numerical")
+            for name, column in values.items()
+        },
+    )
     counter = _images()
     same = int(agree.sum())
     if same:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from serving import preprocess
+from serving.records import log_columns
 from serving.retention import Pruner
 from serving.shadow import Shadow
 
@@ -197,12 +198,8 @@ class Watch:
         labels: np.ndarray,
         model_version: str | None,
     ) -> None:
-        import bentoml
-
         columns = self.columns(endpoint, images, probabilities, labels, model_version)
-        with bentoml.monitor(MONITOR_NAME) as monitor:
-            for name, (values, role, kind) in columns.items():
-                monitor.log_batch(values, name, role, kind)
+        log_columns(MONITOR_NAME, columns)
         confidence, _, _ = columns["confidence"]
         self._count(endpoint, labels, confidence)
 
