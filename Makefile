@@ -4,13 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 comma := ,
 # GPU=1 installs TensorFlow with CUDA instead of the CPU build.
-EXTRAS := $(if $(filter 1,$(GPU)),gpu,cpu),dev
+TENSORFLOW := $(if $(filter 1,$(GPU)),gpu,cpu)
 PORT ?= 3000
 DOCS_PORT ?= 8000
 UI_PORT ?= 5000
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: help install docs-assets scale data postgres browser npm repro exp test test-fast lint format ui serve build bench docs clean
+.PHONY: help install lock docs-assets scale data postgres browser npm repro exp test test-fast lint format ui serve build bench docs clean
 
 help:
 	@echo "make repro   install, fetch Fashion-MNIST where possible, run the DVC pipeline"
@@ -20,53 +20,86 @@ help:
 	@echo "make ui      MLflow UI on 127.0.0.1:$(UI_PORT)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make docs    the documentation site on 127.0.0.1:$(DOCS_PORT)"
+	@echo "make lock    resolve pyproject.toml again into requirements/, the locked versions"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# The stamp records which extras were installed, so switching GPU=1 on or off reinstalls.
-# uv (installed into the venv by pip) resolves pyproject.toml to the same versions as pip and
-# installs and byte-compiles them on every core: 35 s against 79 s with pip here, warm caches.
-# Where uv cannot be had or fails (an index only pip's config knows, say), pip installs instead;
-# INSTALLER=pip skips uv. pip byte-compiles on one core, so it runs with --no-compile and
-# compileall compiles on all of them (0.55-0.85x the time). Compiling at install matters: every
+# Every install comes from the lock files in requirements/: exact versions and the sha256 of each
+# file, so a fresh clone gets the versions that produced dvc.lock whatever was released since, and
+# nothing else (`make lock` updates them from pyproject.toml; docs/development.md). They are
+# layers: the TensorFlow build's (cpu.txt, or gpu.txt with GPU=1), all that `make repro` needs;
+# dev.txt on top for the tests, lint and docs; scale.txt (Ray) for `make test`. Each layer's stamp
+# depends on its file, so a relock reinstalls it, and the layers agree on every package they
+# share, so one never moves another's. The project goes in last, --no-deps and built with the
+# locked setuptools (--no-build-isolation). The install stops at once when pyproject.toml's
+# requirements changed after the last `make lock`.
+# uv (UV_VERSION, installed into the venv by pip) installs and byte-compiles on every core. Where
+# uv cannot be had or fails (an index only pip's config knows, say), pip installs instead, hashes
+# required too; INSTALLER=pip skips uv. pip byte-compiles on one core, so it runs with --no-compile
+# and compileall compiles on all of them (0.55-0.85x the time). Compiling at install matters: every
 # later process would compile tensorflow & co. in memory where PYTHONDONTWRITEBYTECODE is set.
 # Like pip, compileall goes on past a file that does not compile (some packages ship such files).
 INSTALLER ?= uv
-$(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
-	@if [ "$(INSTALLER)" = uv ] && $(BIN)/python -m pip install --quiet uv \
-		&& $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[$(EXTRAS)]'; then \
-		echo "Installed .[$(EXTRAS)] with uv"; \
+UV_VERSION := 0.13.9
+LOCKS := requirements
+PURELIB = "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+
+# $(call locked_install,LOCK FILE): install exactly its pins, hashes required, with uv or pip.
+define locked_install
+if [ "$(INSTALLER)" = uv ] && [ -x $(BIN)/uv ] && $(BIN)/uv pip install --python $(BIN)/python \
+		--quiet --compile-bytecode --require-hashes -r $(1); then \
+		echo "Installed $(1) with uv"; \
 	else \
-		[ "$(INSTALLER)" = uv ] && echo "uv could not install: installing with pip"; \
-		$(BIN)/python -m pip install --quiet --no-compile -e '.[$(EXTRAS)]' \
-		&& { $(BIN)/python -m compileall -q -j 0 "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true; } \
-		&& echo "Installed .[$(EXTRAS)] with pip"; \
+		[ "$(INSTALLER)" = uv ] && echo "uv could not install $(1): installing with pip"; \
+		$(BIN)/python -m pip install --quiet --no-compile --require-hashes -r $(1) \
+		&& { $(BIN)/python -m compileall -q -j 0 $(PURELIB) >/dev/null || true; } \
+		&& echo "Installed $(1) with pip"; \
 	fi
-	rm -f $(VENV)/.installed-*
+endef
+
+TRAIN_STAMP := $(VENV)/.installed-$(TENSORFLOW)
+$(TRAIN_STAMP): $(LOCKS)/$(TENSORFLOW).txt pyproject.toml | $(BIN)/python
+	@$(BIN)/python -m pipeline.environment check
+	@[ "$(INSTALLER)" != uv ] || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION) \
+		|| echo "pip could not install uv"
+	@$(call locked_install,$(LOCKS)/$(TENSORFLOW).txt)
+	@if [ "$(INSTALLER)" = uv ] && [ -x $(BIN)/uv ]; then \
+		$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps --no-build-isolation -e .; \
+	else $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .; fi
+	rm -f $(VENV)/.installed-cpu $(VENV)/.installed-gpu
 	touch $@
 
-# Ray (the `scale` extra) for `python -m pipeline.sweep` and its tests: `make test` installs it on
-# top of the rest, `make repro` never does. The install rule above removes this stamp too.
+DEV_STAMP := $(VENV)/.installed-dev
+$(DEV_STAMP): $(LOCKS)/dev.txt | $(TRAIN_STAMP)
+	@$(call locked_install,$<)
+	touch $@
+
+# Ray (the `scale` layer) for `python -m pipeline.sweep` and its tests: `make test` installs it on
+# top of the rest, `make repro` never does.
 SCALE_STAMP := $(VENV)/.installed-scale
-$(SCALE_STAMP): pyproject.toml | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
-	@if [ "$(INSTALLER)" = uv ] && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e '.[$(EXTRAS),scale]'; then \
-		echo "Installed .[$(EXTRAS),scale] with uv"; \
-	else \
-		$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS),scale]' && echo "Installed .[$(EXTRAS),scale] with pip"; \
-	fi
+$(SCALE_STAMP): $(LOCKS)/scale.txt | $(DEV_STAMP)
+	@$(call locked_install,$<)
 	touch $@
 
 scale: $(SCALE_STAMP)
 
+# `make lock` resolves pyproject.toml again into requirements/ (pipeline/environment.py) and
+# moves only the pins a change to pyproject.toml needs moved; UPGRADE=1 moves every pin to the
+# newest release pyproject.toml allows. It needs the package index; installs need only the files.
+UPGRADE ?= 0
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/python -m pipeline.environment lock $(if $(filter 1,$(UPGRADE)),--upgrade)
+
 # `dvc plots show` pages with Vega inline (npm pack), so they render offline; .dvc/config names it.
 PLOTS_TEMPLATE := .dvc/plots/offline.html
-$(PLOTS_TEMPLATE): | $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+$(PLOTS_TEMPLATE): | $(TRAIN_STAMP)
 	$(BIN)/python -m pipeline.stages.offline_plots --out $@
 
-install: $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS)) $(PLOTS_TEMPLATE)
+install: $(TRAIN_STAMP) $(DEV_STAMP) $(PLOTS_TEMPLATE)
 
 # The docs site draws the README's flow chart with Mermaid. mkdocs-material fetches Mermaid 11 from
 # unpkg unless the page has loaded it already; this copy (npm pack, git-ignored) makes the site
@@ -129,7 +162,8 @@ npm:
 		echo "npm found"; \
 	else $(call apt_install,npm,the offline dvc plots test will be skipped and dvc plots pages load Vega from a CDN); fi
 
-repro: install data
+# `dvc repro` needs the training layer only: no test, lint or docs tools.
+repro: $(TRAIN_STAMP) $(PLOTS_TEMPLATE) data
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 # `dvc exp show` has about 260 columns (every metric, every key of params.yaml, every dependency's
@@ -173,6 +207,10 @@ ui: install
 # without a restart. Stopping the service stops the follower too.
 FOLLOW ?= 1
 FOLLOW_INTERVAL ?= 5
+# SHADOW=challenger: that alias's version also answers SHADOW_FRACTION of the requests, off the
+# response path, for comparison (serving.shadow; docs/serving.md#shadowing-the-challenger).
+SHADOW ?=
+SHADOW_FRACTION ?= 0.1
 serve: install
 	@mkdir -p .bentoml
 	PATH="$(abspath $(BIN)):$$PATH" BENTOML_HOME="$${BENTOML_HOME:-$(abspath .bentoml)}" \
@@ -185,6 +223,13 @@ serve: install
 		trap 'kill $$follower 2>/dev/null' EXIT INT TERM; \
 		export FOLLOW_FILE="$(abspath .bentoml/serving-tag)"; \
 		echo "Following the registry's champion (FOLLOW=0 to serve this version only)"; \
+	fi; \
+	if [ -n "$(SHADOW)" ]; then \
+		$(BIN)/python -m serving.tools.follow --tag-file .bentoml/shadow-tag --alias $(SHADOW) \
+			--optional --interval $(FOLLOW_INTERVAL) & shadower=$$!; \
+		trap 'kill $$follower $$shadower 2>/dev/null' EXIT INT TERM; \
+		export SHADOW_FILE="$(abspath .bentoml/shadow-tag)" SHADOW_FRACTION="$(SHADOW_FRACTION)"; \
+		echo "Shadowing the registry's $(SHADOW) on $(SHADOW_FRACTION) of the requests"; \
 	fi; \
 	BENTO_MODEL="$$(cat .bentoml/serving-tag)" \
 		$(BIN)/bentoml serve serving.service:Classifier --host 127.0.0.1 --port $(PORT)

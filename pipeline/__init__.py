@@ -2,7 +2,8 @@
 
 The modules here are the shared base every part uses: `config` (params.yaml as typed records,
 built by `typed`), `contracts` (the files one stage hands to the next), `io` (atomic writes),
-`tracking` (every MLflow tracking call, with `stopping` for signals) and `figures`. The folders:
+`tracking` (every MLflow tracking call, with `stopping` for signals), `environment` (the lock
+files in requirements/ and whether this Python is one of them) and `figures`. The folders:
 `data/` (what each dataset is, the IDX format), `model/` (architectures, training, calibration,
 devices, ONNX export), `champion/` (scoring, the gate, the registry, promotion: how a version
 becomes champion), `stages/` (the DVC stage mains, `python -m pipeline.stages.<stage>`) and

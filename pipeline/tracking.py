@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import environment
+
 # The stages catch `tracking.Stopped` and defer stops around `fit` through this module, which
 # ends a stopped run as KILLED; the signal handling itself is pipeline/stopping.py.
 from pipeline.stopping import Stopped as Stopped
@@ -136,14 +138,16 @@ def code_changed() -> bool | None:
 
 
 def run_tags(stage: str) -> dict[str, str]:
-    """Tags that tie a run to its code and pipeline: git commit, dirty flag, DVC stage and exp."""
+    """Tags that tie a run to its code, pipeline and environment: git commit, dirty flag, DVC
+    stage and exp, and the lock file the installed packages match (`environment.lock`, its
+    `environment.lock_sha256`; pipeline.environment)."""
     commit = _git("rev-parse", "HEAD")
     dirty = code_changed()
     tags = {
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if dirty is None else str(dirty).lower(),
         "dvc_stage": stage,
-    }
+    } | environment.environment_tags()
     if commit:
         tags["mlflow.source.git.commit"] = commit
     if os.environ.get("DVC_EXP_NAME"):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
+from pipeline import environment
 from tests.support import bento, servers, shapes
 from tests.support.client import drawing_bytes, image_file
 
@@ -26,16 +26,13 @@ TAG = "digits-classifier:v7"
 
 def build(tmp_path, home) -> str:
     """`bentoml build` of this repository into `home`'s store; the new bento's tag."""
-    bentofile = yaml.safe_load((servers.REPO_ROOT / "bentofile.yaml").read_text())
-    # Locking resolves every requirement against an index (network); the tag does not need it.
-    bentofile["python"]["lock_packages"] = False
-    path = tmp_path / "bentofile.yaml"
-    path.write_text(yaml.safe_dump(bentofile))
-    environment = os.environ | {"BENTOML_HOME": str(home), "BENTO_MODEL": TAG}
+    # The bentofile's requirements are requirements/serve.txt, locked already: building needs no
+    # index.
+    variables = os.environ | {"BENTOML_HOME": str(home), "BENTO_MODEL": TAG}
     result = subprocess.run(
-        [sys.executable, "-m", "bentoml", "build", "-f", str(path), "-o", "tag", "."],
+        [sys.executable, "-m", "bentoml", "build", "-f", "bentofile.yaml", "-o", "tag", "."],
         cwd=servers.REPO_ROOT,
-        env=environment,
+        env=variables,
         capture_output=True,
         text=True,
         timeout=300,
@@ -43,6 +40,11 @@ def build(tmp_path, home) -> str:
     assert result.returncode == 0, result.stdout + result.stderr
     [tag] = [line.split("__tag__:")[1] for line in result.stdout.splitlines() if "__tag__:" in line]
     return tag.strip()
+
+
+def pins(text: str) -> set[tuple[str, str, frozenset[str]]]:
+    """(name, version, hashes) of each pin of a requirements file."""
+    return {(pin.name, pin.version, frozenset(pin.hashes)) for pin in environment.read_pins(text)}
 
 
 def bento_environment(bento_folder: Path, venv: Path) -> Path:
@@ -77,6 +79,9 @@ def test_a_built_bento_serves_the_model_it_packs_from_an_environment_without_ten
     bento_folder = home / "bentos" / name / version
     requirements = (bento_folder / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "tensorflow" not in requirements
+    # The lock's pins, hashes and all (the fresh environment below is installed from them).
+    locked = (servers.REPO_ROOT / "requirements" / "serve.txt").read_text()
+    assert pins(locked) <= pins(requirements)
 
     python = bento_environment(bento_folder, tmp_path / "venv")
     listed = subprocess.run(

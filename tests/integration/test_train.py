@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import mlflow.keras
 import numpy as np
 import pytest
 
-from pipeline import config, contracts, io
+from pipeline import config, contracts, environment, io
 from pipeline.config import ConvBlockConfig, FitConfig, ModelConfig, VariantConfig
 from pipeline.model import architectures, devices, fitting
 from pipeline.stages import prepare, train
@@ -109,6 +110,18 @@ def assert_datasets_logged(run, meta, *, contexts: dict[str, int]) -> None:
         assert '"images"' in dataset.schema and '"labels"' in dataset.schema
 
 
+def assert_environment_recorded(tags: dict[str, str]) -> None:
+    """The run names the lock file its environment matches and that file's sha256, or says that
+    none matches and where (pipeline.environment)."""
+    expected = environment.environment_tags()
+    assert {key: tags.get(key) for key in expected} == expected
+    if expected["environment.lock"] != "none":
+        content = (REPO / expected["environment.lock"]).read_bytes()
+        assert tags["environment.lock_sha256"] == hashlib.sha256(content).hexdigest()
+    else:
+        assert tags["environment.lock_differences"].startswith("requirements/")
+
+
 def test_train_tracks_one_run_and_writes_the_stage_outputs(
     workspace: Workspace, prepared: Path, tracking_store: str
 ):
@@ -138,6 +151,7 @@ def test_train_tracks_one_run_and_writes_the_stage_outputs(
     assert run.data.tags["git_commit"] == workspace.commit
     assert run.data.tags["git_dirty"] == "false"
     assert run.data.tags["dvc_stage"] == "train@mlp"
+    assert_environment_recorded(run.data.tags)
     # The UI opens the experiment on its training runs, and the run says what it is.
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     description = run.data.tags["mlflow.note.content"]
