@@ -19,6 +19,14 @@ CLASSES = ("a", "b", "c", "d")
 NOW = datetime.now()
 
 
+@pytest.fixture(autouse=True)
+def now() -> None:
+    """NOW as each test starts: the report's window is measured from the real clock, and a long
+    session runs a test many minutes after this module was imported."""
+    global NOW
+    NOW = datetime.now()
+
+
 def rows(count: int, *, hours_ago: float, model: str = "m", version: str = "1") -> list[str]:
     when = (NOW - timedelta(hours=hours_ago)).isoformat()
     row = {"model_name": model, "model_version": version, "label": 2, "confidence": 0.8}
