@@ -17,6 +17,7 @@ MLflow.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import threading
@@ -32,6 +33,8 @@ import numpy as np
 from serving.model import ServedModel, file_sha256, served_file
 
 log = logging.getLogger("bentoml.serving")
+# Rounds after a swap on which freed memory is given back (release_freed_memory).
+TRIM_ROUNDS = 8
 
 
 class Refused(ValueError):
@@ -132,6 +135,17 @@ def check(served: ServedModel, candidate: ServedModel) -> None:
         )
 
 
+def release_freed_memory() -> None:
+    """Give the memory of the model just replaced back to the system (glibc's `malloc_trim`):
+    glibc keeps freed heap for later, so a worker's resident memory swung by a model's size or
+    two from one swap to the next; where there is no glibc, nothing is done."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 @functools.cache
 def _swaps() -> Any:
     """The swap counter, made once per process (see `serving.watch._metrics`)."""
@@ -175,11 +189,18 @@ class Follower:
         self._stop.set()
 
     def _run(self) -> None:
+        trims = 0
         while not self._stop.wait(self.interval):
             try:
-                self.poll()
+                swapped = self.poll()
             except Exception:  # A bad poll must not end the thread: the next one may work.
                 log.exception("following %s", self.pointer)
+                continue
+            # The replaced model is freed once the requests that took it have finished and their
+            # records are written: give its memory back on this round and the next few.
+            trims = TRIM_ROUNDS if swapped else max(trims - 1, 0)
+            if trims:
+                release_freed_memory()
 
     def poll(self) -> bool:
         """Swap in the model the pointer names, if it is new and passes; whether it swapped."""
@@ -208,9 +229,11 @@ class Follower:
             return False
         taken = Served(candidate, tag, time.time())
         self.put(taken)
-        _swaps().labels(candidate.version, "served", "").inc()
+        shadow = self.reference is not None
+        _swaps().labels(candidate.version, "shadow" if shadow else "served", "").inc()
         # The instant to the millisecond (the log's own stamp has whole seconds): when this
         # worker's answers start naming the new version.
         since = datetime.fromtimestamp(taken.since, UTC).isoformat(timespec="milliseconds")
-        log.info("now serving %s v%s (%s) since %s", candidate.name, candidate.version, tag, since)
+        role = "shadowing" if shadow else "serving"
+        log.info("now %s %s v%s (%s) since %s", role, candidate.name, candidate.version, tag, since)
         return True

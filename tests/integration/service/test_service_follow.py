@@ -23,12 +23,15 @@ from tests.support.client import drawing_bytes, image_file
 
 pytestmark = pytest.mark.slow
 POLL_MS = 200
+# Long enough for the rounds after a swap that give freed memory back (serving.follow).
+SETTLE_S = 8 * POLL_MS / 1000 + 1.5
 
 
 @dataclass
 class Followed:
     url: str
     pointer: Path
+    server: servers.Server
 
     def point_at(self, tag: str) -> float:
         """Name `tag` in the pointer file (in one rename, as serving.tools.follow does)."""
@@ -88,6 +91,14 @@ def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         fields["probabilities"] = np.roll(fields["probabilities"], 1, axis=1)
         with probe.open("wb") as file:  # np.savez would add .npz to a name without it
             np.savez(file, **fields)
+        # v6 and v7: 13 MB of weights each, so a model kept alive per swap shows in memory.
+        for version in ("6", "7"):
+            bento.store_model(
+                wide_model(seed=int(version)),
+                f"shapes:v{version}",
+                class_names=shapes.SHAPES,
+                version=version,
+            )
     pointer = folder / "serving-tag"
     pointer.write_text("shapes:v1\n")
     environment = shape_store.environment(
@@ -99,7 +110,22 @@ def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     with servers.bentoml_serve(environment, log=folder / "serve.log") as server:
         server.wait_ready("/readyz", timeout=120)
-        yield Followed(server.url, pointer)
+        yield Followed(server.url, pointer, server)
+
+
+def wide_model(*, seed: int):
+    """An untrained Keras model of the shape classes with 3.2 million weights."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4096, activation="relu"),
+            keras.layers.Dense(len(shapes.SHAPES), activation="softmax"),
+        ]
+    )
 
 
 def versions_on_fresh_connections(url: str, count: int = 12) -> set[str]:
@@ -160,3 +186,41 @@ def test_a_bad_candidate_is_refused_and_the_served_model_stays(followed: Followe
     )
     assert refused, metrics[-2000:]
     assert 'outcome="refused"' in refused.group(0) and f'reason="{reason}"' in refused.group(0)
+
+
+def resident_mib(pids: list[int]) -> dict[int, float]:
+    """Each process's resident memory (VmRSS), MiB."""
+    found = {}
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                found[pid] = int(line.split()[1]) / 1024
+    return found
+
+
+def swap_to(followed: Followed, tag: str) -> None:
+    """Point at `tag` and wait until every fresh connection is answered by its version."""
+    followed.point_at(tag)
+    deadline = time.monotonic() + 30
+    while versions_on_fresh_connections(followed.url, 6) != {tag.partition(":v")[2]}:
+        assert time.monotonic() < deadline, f"{tag} not served after 30 s"
+        time.sleep(0.05)
+
+
+def test_twenty_swaps_leave_no_model_behind(followed: Followed):
+    """Every swap drops the model it replaces: after 20 more swaps back and forth between two
+    13 MB models, no worker holds more than 10% more memory than after the first (a session
+    kept alive per swap would add its model each time: +260 MB). Measured once the workers have
+    given the replaced model's memory back (serving.follow.TRIM_ROUNDS polls after a swap)."""
+    workers = followed.server.workers()
+    swap_to(followed, "shapes:v6")
+    swap_to(followed, "shapes:v7")
+    time.sleep(SETTLE_S)
+    before = resident_mib(workers)
+    for swap in range(20):
+        swap_to(followed, ("shapes:v6", "shapes:v7")[swap % 2])
+    time.sleep(SETTLE_S)
+    after = resident_mib(workers)
+    assert set(after) == set(before), "a worker was restarted"
+    grown = {pid: after[pid] / before[pid] for pid in before}
+    assert all(ratio <= 1.10 for ratio in grown.values()), (before, after)
