@@ -161,28 +161,28 @@ class Classifier:
         """Follow FOLLOW_FILE when it is set (serving.follow); None otherwise."""
         if not self.settings.follow_file:
             return None
-        follower = Follower(
-            Path(self.settings.follow_file),
-            interval=self.settings.follow_poll_ms / 1000,
-            get=lambda: self.served,
-            put=lambda served: setattr(self, "served", served),
-            load=lambda tag: load_candidate(tag, threads=self.threads),
-        )
+        follower = self._follower(self.settings.follow_file, "served")
         follower.start()
         log.info("following the model named in %s", self.settings.follow_file)
         return follower
+
+    def _follower(self, pointer: str, attribute: str, **options) -> Follower:
+        """A follower of `pointer` that keeps this worker's `attribute` on the model it names."""
+        return Follower(
+            Path(pointer),
+            interval=self.settings.follow_poll_ms / 1000,
+            get=lambda: getattr(self, attribute),
+            put=lambda served: setattr(self, attribute, served),
+            load=lambda tag: load_candidate(tag, threads=self.threads),
+            **options,
+        )
 
     def _shadow(self) -> Shadow | None:
         """Shadow the model SHADOW_FILE names, when it is set (serving.shadow); None otherwise."""
         if not self.settings.shadow_file:
             return None
-        follower = Follower(
-            Path(self.settings.shadow_file),
-            interval=self.settings.follow_poll_ms / 1000,
-            get=lambda: self.shadowed,
-            put=lambda shadowed: setattr(self, "shadowed", shadowed),
-            load=lambda tag: load_candidate(tag, threads=self.threads),
-            reference=lambda: self.served.model,
+        follower = self._follower(
+            self.settings.shadow_file, "shadowed", reference=lambda: self.served.model
         )
         follower.poll()  # the shadow named at start answers from the first request on
         follower.start()

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -82,28 +83,34 @@ def test_a_signed_webhook_moves_the_service_and_a_forged_one_does_not(
         assert secret not in log.read_text()
 
 
-def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
-    """The default store of `make repro`: no webhooks, so the alias is read every --interval."""
+def sqlite_registry(tmp_path: Path) -> tuple[Any, dict[str, str]]:
+    """Two versions of NAME in a SQLite store under `tmp_path`: a client of it, and the
+    environment a follower of it runs with."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     register_versions(uri, 2, name=NAME, artifact_location=(tmp_path / "artifacts").as_uri())
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    client.set_registered_model_alias(NAME, "champion", "1")
-    tag_file = tmp_path / "serving-tag"
-    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
-    environment = {
+    environment = os.environ | {
         "MLFLOW_TRACKING_URI": uri,
         "REGISTERED_MODEL": NAME,
         "BENTOML_HOME": str(tmp_path / "bentoml"),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    return mlflow.MlflowClient(tracking_uri=uri), environment
+
+
+def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
+    """The default store of `make repro`: no webhooks, so the alias is read every --interval."""
+    client, environment = sqlite_registry(tmp_path)
+    client.set_registered_model_alias(NAME, "champion", "1")
+    tag_file = tmp_path / "serving-tag"
+    command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
     with servers.running(
         "follow",
         [*command, "--interval", "1"],
         port=servers.free_port(),
         log=tmp_path / "follow.log",
-        env=dict(os.environ) | environment,
+        env=environment,
     ) as follower:
         wait_for(tag_file, f"{NAME}:v1", 180, follower)
         client.set_registered_model_alias(NAME, "champion", "2")
@@ -113,21 +120,11 @@ def test_without_a_server_it_polls_the_sqlite_store(tmp_path: Path):
 def test_the_shadow_follower_empties_its_file_when_the_alias_names_none(tmp_path: Path):
     """`--optional` (what `make serve SHADOW=challenger` runs): the challenger's tag while there
     is one, an empty file (no shadow) once the alias is gone, never an error."""
-    import mlflow
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    register_versions(uri, 2, name=NAME, artifact_location=(tmp_path / "artifacts").as_uri())
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client, environment = sqlite_registry(tmp_path)
     client.set_registered_model_alias(NAME, "challenger", "2")
     tag_file = tmp_path / "shadow-tag"
     command = [sys.executable, "-m", "serving.tools.follow", "--tag-file", str(tag_file)]
     command += ["--alias", "challenger", "--optional", "--once"]
-    environment = os.environ | {
-        "MLFLOW_TRACKING_URI": uri,
-        "REGISTERED_MODEL": NAME,
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
     run = functools.partial(subprocess.run, command, env=environment, capture_output=True)
     first = run(text=True, timeout=300)
     assert first.returncode == 0, first.stderr
