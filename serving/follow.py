@@ -11,8 +11,9 @@ contract as the served model. Then one assignment swaps it in. A request takes t
 once, at its start, so it is answered wholly by one version (the one its answer names), and
 requests in flight finish on the version that started them. A refused candidate leaves the served
 model in place; the log and `/metrics` (`classifier_model_swaps_total`) say which version was
-refused and why, and it is tried again only when the file changes again. Nothing here talks to
-MLflow.
+refused and why, and it is tried again only when the file changes again;
+`classifier_served_since_timestamp_seconds` says when the served version took over. Nothing here
+talks to MLflow.
 """
 
 from __future__ import annotations
@@ -159,6 +160,30 @@ def _swaps() -> Any:
     )
 
 
+@functools.cache
+def _since() -> Any:
+    """When each version took over, made once per process. The most recent write wins across
+    workers, so once every worker has swapped, the new version reads the last worker's instant
+    and the replaced one 0."""
+    import prometheus_client
+
+    return prometheus_client.Gauge(
+        "classifier_served_since_timestamp_seconds",
+        "When the version took over (Unix time) as the served model (role=served) or the shadow"
+        " (role=shadow); 0 once it has been replaced",
+        labelnames=("role", "version"),
+        multiprocess_mode="mostrecent",
+    )
+
+
+def announce(role: str, taken: Served | None, replaced: Served | None) -> None:
+    """Say in /metrics that `taken` now plays `role` (served or shadow) instead of `replaced`."""
+    if replaced is not None and (taken is None or taken.model.version != replaced.model.version):
+        _since().labels(role, replaced.model.version).set(0)
+    if taken is not None:
+        _since().labels(role, taken.model.version).set(taken.since)
+
+
 class Follower:
     """Polls the pointer file in a daemon thread and swaps checked candidates in."""
 
@@ -212,6 +237,7 @@ class Follower:
             if self.reference is None:
                 return False
             self.put(None)
+            announce("shadow", None, served)
             log.info("%s names no model: no longer shadowing", self.pointer)
             return True
         changed = self.pointer.stat().st_mtime
@@ -231,6 +257,7 @@ class Follower:
         self.put(taken)
         shadow = self.reference is not None
         _swaps().labels(candidate.version, "shadow" if shadow else "served", "").inc()
+        announce("shadow" if shadow else "served", taken, served)
         # The instant to the millisecond (the log's own stamp has whole seconds): when this
         # worker's answers start naming the new version.
         since = datetime.fromtimestamp(taken.since, UTC).isoformat(timespec="milliseconds")

@@ -27,7 +27,7 @@ from pydantic import AfterValidator
 
 from serving import batching, deadline, failfast, pixels_json, preprocess, routes, shadow, spread
 from serving.edge import Edge
-from serving.follow import Follower, Served, load_candidate
+from serving.follow import Follower, Served, announce, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
@@ -105,6 +105,7 @@ class Classifier:
             raise
         # What this worker serves; `serving.follow` replaces it whole when the model changes.
         self.served = Served(model, str(self.model_ref.tag), time.time())
+        announce("served", self.served, None)
         # What answers beside it, when SHADOW_FILE names a model (serving.shadow).
         self.shadowed: Served | None = None
         self.watch = Watch(

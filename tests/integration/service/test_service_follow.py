@@ -113,6 +113,11 @@ def followed(shape_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         yield Followed(server.url, pointer, server)
 
 
+SINCE = re.compile(
+    r'classifier_served_since_timestamp_seconds\{role="served",version="(\w+)"\} (\S+)'
+)
+
+
 def wide_model(*, seed: int):
     """An untrained Keras model of the shape classes with 3.2 million weights."""
     import keras
@@ -148,6 +153,7 @@ def test_a_new_model_takes_over_under_load_without_a_failed_request(followed: Fo
     for thread in clients:
         thread.start()
     time.sleep(1.0)
+    changed_at = time.time()
     changed = followed.point_at("shapes:v2")
     deadline = changed + POLL_MS / 1000 + 2.0
     while time.monotonic() < deadline and versions_on_fresh_connections(followed.url, 4) != {"2"}:
@@ -169,6 +175,11 @@ def test_a_new_model_takes_over_under_load_without_a_failed_request(followed: Fo
     metadata = httpx.post(f"{followed.url}/metadata", json={}, timeout=30).json()
     assert metadata["version"] == "2" and metadata["bento_model"] == "shapes:v2"
     assert re.match(r"\d{4}-\d\d-\d\dT", metadata["served_since"])
+    # /metrics says when v2 took over (the last worker to swap) and that v1 no longer serves.
+    metrics = httpx.get(f"{followed.url}/metrics", timeout=30).text
+    since, read_at = dict(re.findall(SINCE, metrics)), time.time()
+    assert changed_at <= float(since["2"]) <= read_at, (changed_at, since, read_at)
+    assert float(since["1"]) == 0, since
 
 
 @pytest.mark.parametrize(
