@@ -34,6 +34,7 @@ default_permission = NO_PERMISSIONS
 database_uri = {database}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = 60
 """
 
 

@@ -1,0 +1,47 @@
+"""The shadow works in a thread of its own at a lower priority, so the champion comes first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+import numpy as np
+
+from serving import shadow
+
+
+class Recorder:
+    """A stand-in shadow model (the served one is an onnxruntime session): which thread ran it,
+    at what nice value."""
+
+    version = "2"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        native = threading.get_native_id()
+        self.seen.append((native, os.getpriority(os.PRIO_PROCESS, native)))
+        return np.full((len(images), 3), 1 / 3, dtype=np.float32)
+
+
+def test_the_shadow_answers_off_the_event_loop_at_a_lower_priority(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the records go to ./monitoring
+    model = Recorder()
+    watched = shadow.Shadow(lambda: model, fraction=1.0)
+    champion = np.array([[0.1, 0.8, 0.1]], dtype=np.float32)
+
+    async def serve_one() -> int:
+        task = watched.maybe_compare("predict_image", np.zeros((1, 28, 28)), champion, "1")
+        assert task is not None
+        await task
+        return threading.get_native_id()
+
+    loop_thread = asyncio.run(serve_one())
+    ((thread, nice),) = model.seen
+    assert thread != loop_thread
+    loop_nice = os.getpriority(os.PRIO_PROCESS, loop_thread)
+    assert nice == min(shadow.MAX_NICE, loop_nice + shadow.SHADOW_NICE) > loop_nice
+    # Its answer was recorded and counted like any other.
+    assert (tmp_path / "monitoring" / shadow.MONITOR_NAME / "data").is_dir()
