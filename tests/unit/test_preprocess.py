@@ -409,3 +409,60 @@ def test_one_list_of_formats_in_every_message_and_page() -> None:
     assert mentions, "the docs name no image formats"
     for page, line in mentions:
         assert preprocess.FORMAT_NAMES in line, f"{page}: {line}"
+
+
+# How the model input is computed: the cheaper arithmetic gives what Pillow and numpy would.
+
+
+@pytest.mark.parametrize(
+    ("height", "width"), [(126, 126), (28, 28), (10, 3), (3, 50), (200, 37), (1, 1), (700, 29)]
+)
+def test_lanczos_weights_resample_as_pillow_does(height: int, width: int) -> None:
+    pixels = np.random.default_rng(height * width).random((height, width)).astype(np.float32)
+    scale = 20 / max(height, width)
+    new_height, new_width = max(1, round(height * scale)), max(1, round(width * scale))
+    pillow = Image.fromarray(pixels, mode="F").resize(
+        (new_width, new_height), Image.Resampling.LANCZOS
+    )
+    rows = preprocess._lanczos_weights(new_height, height)
+    columns = preprocess._lanczos_weights(new_width, width)
+    np.testing.assert_allclose(rows @ pixels @ columns.T, np.asarray(pillow), atol=1e-6)
+
+
+def test_product_in_slices_is_the_matrix_product() -> None:
+    rng = np.random.default_rng(5)
+    left, right = rng.random((28, 900)), rng.random((900, 700))  # 17.6 M multiply-adds
+    np.testing.assert_allclose(preprocess._product(left, right), left @ right, rtol=1e-12)
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 1000, 1001])
+def test_median_counted_per_level_is_numpys(count: int) -> None:
+    levels = np.random.default_rng(count).integers(0, 256, size=count, dtype=np.uint8)
+    median, distance = preprocess._median_and_distance(levels)
+    assert median == np.median(levels)
+    assert distance == np.median(np.abs(levels - np.median(levels)))
+    as_floats = preprocess._median_and_distance(levels.astype(np.float32))
+    assert as_floats == pytest.approx((median, distance))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_whole_levels_give_what_floats_give(mode: str) -> None:
+    # 8-bit images are worked on in whole grey levels, others as floats: same model input.
+    rng = np.random.default_rng(6)
+    photo = np.clip(200 + rng.normal(0, 6, size=(120, 90)), 0, 255)
+    photo[30:95, 20:60] -= 150 * rng.random((65, 40))
+    image = in_mode(Image.fromarray(photo.astype(np.uint8)), mode)
+    as_floats = Image.fromarray(np.asarray(image.convert("L"), dtype=np.float32), mode="F")
+    np.testing.assert_allclose(
+        preprocess.to_model_input(image), preprocess.to_model_input(as_floats), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("side", [20, 40, 60, 100])
+def test_symmetric_object_is_always_shifted_the_same_way(side: int) -> None:
+    # A square's centre of mass lies between two pixels; the tie goes down and right.
+    size = side + 20
+    output = preprocess.preprocess(
+        encode(drawing((size, size), (10, 10, side + 9, side + 9)), "PNG")
+    )
+    assert content_box(output) == (5, 5, 20, 20)
