@@ -28,10 +28,9 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,7 +51,8 @@ ANSWERED_SERIES = re.compile(
 
 def shadow_counts(url: str) -> tuple[dict[str, float], float]:
     """The shadow's images by agreement, and the single images the champion answered."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
     counts: dict[str, float] = {}
     for agreement, value in SHADOW_SERIES.findall(text):
         counts[agreement] = counts.get(agreement, 0.0) + float(value)

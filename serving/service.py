@@ -82,6 +82,8 @@ class PredictInput(bentoml.IODescriptor):
     # The watch's records (serving.watch): JSON lines under MONITOR_DIR. A BentoML configuration
     # file (BENTOML_CONFIG) can override this, e.g. `type: otlp` to ship them instead.
     monitoring={"enabled": True, "type": "default", "options": {"log_path": DECLARED.monitor_dir}},
+    # BentoML's access log, a line per request: off unless ACCESS_LOG=1 (serving.settings).
+    logging={"access": {"enabled": DECLARED.access_log}},
 )
 @bentoml.asgi_app(routes.app(), path="/")
 class Classifier:

@@ -38,6 +38,18 @@ def test_declared_settings() -> None:
         Declared.from_env({"SERVING_WORKERS": "x"})
 
 
+@pytest.mark.parametrize(
+    ("text", "on"), [("", False), ("0", False), ("1", True), ("true", True), ("False", False)]
+)
+def test_the_access_log_is_off_unless_asked_for(text: str, on: bool) -> None:
+    assert Declared.from_env({"ACCESS_LOG": text} if text else {}).access_log is on
+
+
+def test_a_bad_access_log_switch_names_the_variable() -> None:
+    with pytest.raises(ValueError, match=r"ACCESS_LOG must be 1 \(on\) or 0 \(off\), got 'yes'"):
+        Declared.from_env({"ACCESS_LOG": "yes"})
+
+
 def _bento(root: Path, *tags: str) -> Path:
     """A folder laid out as BentoML lays out a built bento: bento.yaml at the root, code in src/."""
     (root / "src" / "serving").mkdir(parents=True)

@@ -241,12 +241,14 @@ def test_a_worker_killed_under_load_is_replaced_and_nothing_wedges(shape_store, 
         )
         assert_answer(response.json(), 0)
         assert len(server.workers()) >= 2  # the arbiter started a new worker
+    # No access log unless asked for (ACCESS_LOG=1, see the load-shedding test).
+    assert "method=POST,path=/predict_image" not in server.output()
 
 
 def test_load_shedding_answers_503_in_our_words(shape_store, tmp_path: Path) -> None:
     # A 1 ms batching deadline: concurrent batches predicted to wait longer are shed.
     environment = shape_store.environment(
-        BATCH_MAX_LATENCY_MS="1", SERVING_WORKERS="1", MAX_BATCH_ITEMS="1024"
+        BATCH_MAX_LATENCY_MS="1", SERVING_WORKERS="1", MAX_BATCH_ITEMS="1024", ACCESS_LOG="1"
     )
     with servers.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
         server.wait_ready("/readyz", timeout=120)
@@ -264,3 +266,6 @@ def test_load_shedding_answers_503_in_our_words(shape_store, tmp_path: Path) -> 
         shed = next(response for response in responses if response.status_code == 503)
         assert_refused(shed, 503, "busy.*retry after 1 s")
         assert shed.headers["retry-after"] == "1"
+        # ACCESS_LOG=1: BentoML's access log has a line per request, the shed ones included.
+        output = server.output()
+        assert "method=POST,path=/predict" in output and "status=503" in output, output[-2000:]
