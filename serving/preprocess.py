@@ -41,8 +41,6 @@ _MAD_TO_SIGMA = 1.4826
 # The grey levels of 8-bit images, and the half-width of Pillow's Lanczos filter.
 _LEVELS = np.arange(256, dtype=np.float64)
 _LANCZOS_SUPPORT = 3.0
-# Row and column indices of the field, for centres of mass.
-_POSITIONS = np.arange(IMAGE_SIZE, dtype=np.float32)
 # Matrix products up to this many multiply-adds stay on one OpenBLAS thread (see _product).
 _ONE_THREAD_PRODUCT = 2**18
 
@@ -111,8 +109,8 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
     except ValueError as error:
         # Pillow cannot convert a few exotic modes (premultiplied La, say) to grey.
         raise ImageError(f"images of mode {image.mode} are not supported ({error})") from None
-    # Most uploads stay in whole grey levels (0-255) until the object is cut out: the full image
-    # is only compared, never converted to floats, which is most of what preprocessing cost.
+    # Most uploads stay in whole grey levels (0-255) until the object is cut out: converting the
+    # whole image to floats was most of what preprocessing cost.
     full_scale = 255.0 if levels.dtype == np.uint8 else 1.0
     background, distance = _median_and_distance(_border(levels))
     # People draw and photograph dark on light; the datasets are light on dark. The border decides
@@ -124,7 +122,12 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
     noise = _MAD_TO_SIGMA * distance / span
     threshold = max(CONTENT_THRESHOLD, NOISE_SIGMAS * noise)
 
-    content = _beyond(levels, background + (-threshold if inverted else threshold) * span, inverted)
+    cut = background + (-threshold if inverted else threshold) * span
+    if levels.dtype == np.uint8:
+        # For whole levels, < cut is < ceil(cut) and > cut is > floor(cut), and comparing with an
+        # integer keeps numpy from converting the whole image to floats.
+        cut = min(max(math.ceil(cut), 0), 256) if inverted else min(max(math.floor(cut), -1), 255)
+    content = levels < cut if inverted else levels > cut
     rows = np.flatnonzero(content.any(axis=1))
     if rows.size == 0:
         raise ImageError(
@@ -133,8 +136,7 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
         )
     columns = np.flatnonzero(content[rows[0] : rows[-1] + 1].any(axis=0))
     crop = levels[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-    # Pixels on the far side of the background (paper brighter than the border's median) are no
-    # ink at all, not negative ink.
+    # Pixels beyond the background (paper brighter than the border's median) are no ink at all.
     level = np.float32(background)
     ink = level - np.minimum(crop, level) if inverted else np.maximum(crop, level) - level
 
@@ -253,13 +255,10 @@ def _has_alpha(image: Image.Image) -> bool:
 
 
 def _gray_levels(image: Image.Image) -> np.ndarray:
-    """Luminance: uint8 levels (0-255) for 8-bit images without transparency, else float32 in
-    [0, 1], with transparent pixels filled in as background."""
+    """Luminance: uint8 levels of 8-bit opaque images, else float32 in [0, 1] (alpha filled in)."""
     if image.mode.startswith(("I", "F")):
         return _high_depth_gray(image)
     if not _has_alpha(image):
-        if image.mode == "L":
-            return np.asarray(image)
         converted = image.getchannel("L") if image.mode == "LAB" else image.convert("L")
         return np.asarray(converted)
     pair = np.asarray(image.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
@@ -321,8 +320,7 @@ def _border(values: np.ndarray) -> np.ndarray:
 
 
 def _median_and_distance(values: np.ndarray) -> tuple[float, float]:
-    """The median of `values` and the median of their distances from it (the median absolute
-    deviation); uint8 values are counted per level, far cheaper than sorting them twice."""
+    """The median of `values` and their median distance from it; uint8 ones counted per level."""
     if values.dtype != np.uint8:
         median = float(np.median(values))
         return median, float(np.median(np.abs(values - median)))
@@ -334,61 +332,37 @@ def _median_and_distance(values: np.ndarray) -> tuple[float, float]:
 
 
 def _counted_median(values: np.ndarray, counts: np.ndarray) -> float:
-    """The median of a sample given as ascending `values` and how often each occurs: the middle
-    one, or the mean of the middle two, as numpy's median gives."""
+    """The median, as numpy's, of a sample given as ascending `values` and their counts."""
     cumulative = np.cumsum(counts)
     total = int(cumulative[-1])
     lower, upper = np.searchsorted(cumulative, [(total - 1) // 2, total // 2], side="right")
     return float(values[lower] + values[upper]) / 2
 
 
-def _beyond(levels: np.ndarray, cut: float, below: bool) -> np.ndarray:
-    """Where `levels` are below `cut` (`below`) or above it, as a boolean array."""
-    if levels.dtype == np.uint8:
-        # For whole levels, < cut is < ceil(cut) and > cut is > floor(cut): comparing with an
-        # integer keeps numpy from converting the whole image to floats.
-        if below:
-            return levels < min(max(math.ceil(cut), 0), 256)
-        return levels > min(max(math.floor(cut), -1), 255)
-    return levels < cut if below else levels > cut
-
-
 def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """left @ right, summed over slices of the inner dimension small enough for one BLAS thread.
-
-    OpenBLAS splits a product over threads once rows x columns x inner passes about 2**19; on a
-    server whose workers already share the cores, and for products this small, that costs 6-15
-    times the single-threaded time (a 28x150 by 150x130 product took 130-320 us against 16-20 us
-    on the 2-core development machine under load).
-    """
-    rows, inner = left.shape
-    step = max(1, _ONE_THREAD_PRODUCT // (rows * right.shape[1]))
-    if step >= inner:
-        return left @ right
-    total = left[:, :step] @ right[:step]
-    for start in range(step, inner, step):
-        total += left[:, start : start + step] @ right[start : start + step]
-    return total
+    """left @ right, summed over slices of the inner dimension small enough for one BLAS thread:
+    OpenBLAS threads a product past about 2**19 multiply-adds, which for workers sharing 2 cores
+    made a 28x150 by 150x130 product take 130-320 us against 16-20 us on one thread."""
+    step = max(1, _ONE_THREAD_PRODUCT // (left.shape[0] * right.shape[1]))
+    slices = range(0, left.shape[1], step)
+    return sum(left[:, start : start + step] @ right[start : start + step] for start in slices)
 
 
 @functools.lru_cache(maxsize=1024)
 def _lanczos_weights(new_size: int, size: int) -> np.ndarray:
-    """The (new_size, size) matrix that resamples a line of `size` pixels to `new_size` with
-    Pillow's Lanczos filter: the same weights as Pillow's `resize` (Resample.c, precompute_coeffs).
-
-    Resizing the crop as two small matrix products costs a fraction of Pillow's float resize,
-    whose cost grows with the filter's support (13 pixels each side when shrinking 126 to 28).
-    """
+    """The (new_size, size) matrix that resamples a line of `size` pixels to `new_size` with the
+    weights of Pillow's Lanczos `resize` (Resample.c, precompute_coeffs): two small products
+    cost a fraction of Pillow's float resize (110 us for a 126-pixel square crop)."""
     scale = size / new_size
     filter_scale = max(scale, 1.0)
     support = _LANCZOS_SUPPORT * filter_scale
-    centres = (np.arange(new_size) + 0.5) * scale
-    # Pillow rounds the window's ends by truncating x + 0.5 towards zero, then clamps them.
-    first = np.maximum(np.trunc(centres - support + 0.5), 0)[:, np.newaxis]
-    last = np.minimum(np.trunc(centres + support + 0.5), size)[:, np.newaxis]
-    positions = np.arange(size)[np.newaxis, :]
-    distances = (positions - centres[:, np.newaxis] + 0.5) / filter_scale
-    window = (positions >= first) & (positions < last)
+    centres = ((np.arange(new_size) + 0.5) * scale)[:, np.newaxis]
+    positions = np.arange(size)
+    # Pillow's window around each centre, its ends rounded by truncating x + 0.5 towards zero.
+    window = (positions >= np.trunc(centres - support + 0.5)) & (
+        positions < np.trunc(centres + support + 0.5)
+    )
+    distances = (positions - centres + 0.5) / filter_scale
     inside = window & (distances >= -_LANCZOS_SUPPORT) & (distances < _LANCZOS_SUPPORT)
     weights = np.where(inside, np.sinc(distances) * np.sinc(distances / _LANCZOS_SUPPORT), 0.0)
     totals = weights.sum(axis=1, keepdims=True)
@@ -403,12 +377,11 @@ def _centre(patch: np.ndarray) -> np.ndarray:
     height, width = patch.shape
     row_sums, column_sums = np.add.reduce(patch, axis=1), np.add.reduce(patch, axis=0)
     total = float(np.add.reduce(row_sums))
-    centre_row = float(row_sums @ _POSITIONS[:height]) / total
-    centre_column = float(column_sums @ _POSITIONS[:width]) / total
+    centre_row = float(row_sums @ np.arange(height)) / total
+    centre_column = float(column_sums @ np.arange(width)) / total
     # A whole-pixel shift keeps the strokes sharp; clipping keeps the object inside the field,
-    # which matters for lopsided objects whose centre of mass is near one end. A symmetric object's
-    # centre lies exactly between two pixels: rounding the shift first makes that tie go the same
-    # way (down and right) whatever the last bits of the sums.
+    # which matters for lopsided objects whose centre of mass is near one end. Rounding the shift
+    # first sends a symmetric object's tie (a centre between two pixels) always down and right.
     target = IMAGE_SIZE / 2
     top = min(max(math.floor(round(target - centre_row, 4) + 0.5), 0), IMAGE_SIZE - height)
     left = min(max(math.floor(round(target - centre_column, 4) + 0.5), 0), IMAGE_SIZE - width)
