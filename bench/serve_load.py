@@ -14,7 +14,11 @@ answers of every kind of request (OIP's equal to /predict's, accuracy against th
 then the same classes from both servers). A kind of ours whose check request fails is reported
 as a failed cell and not loaded; the others are driven with a bounded load, and the report
 prints req/s, images/s, p50/p99 latency, server CPU ms per request, server memory and the ratio
-ours / MLflow per cell, then each goal with PASS / MISS and by how much it is missed.
+ours / MLflow per cell, then each goal with PASS / MISS and by how much it is missed. Each
+single-image cell of ours is also set against the sum of its parts, measured in the same run: the
+`GET /livez` floor's server CPU per request at its concurrency, plus its upload's preprocessing
+and forward pass in this process with one thread, before any server starts
+(`bench.preprocess_cost`); the cell's server CPU is printed as a multiple of that sum.
 
 The modules: `serve_payloads` (what each kind sends, how answers are read), `serve_driver` (the
 load: concurrency, latencies, cells), `serve_servers` (server processes, their CPU and memory),
@@ -48,7 +52,14 @@ import numpy as np
 # `tests.support`, `pipeline` and `serving` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import serve_driver, serve_payloads, serve_report, serve_servers, serve_workers
+from bench import (
+    preprocess_cost,
+    serve_driver,
+    serve_payloads,
+    serve_report,
+    serve_servers,
+    serve_workers,
+)
 from pipeline.champion import registry
 from tests.support import servers
 
@@ -64,6 +75,9 @@ class Model:
     uri: str
     classes: int
     tracking_uri: str
+    # The ONNX file the service serves, inside the BentoML store, and the box it scales uploads to.
+    onnx_file: Path
+    content_size: int
 
 
 def parse_concurrency(text: str) -> list[int]:
@@ -180,13 +194,19 @@ def resolve_model(name: str, alias: str) -> Model:
     tag = package.package(registered_model=name, tracking_uri=tracking_uri, alias=alias)
     import bentoml
 
-    stored = dict(bentoml.models.get(tag).info.metadata)
+    from serving import model as served_model
+    from serving import preprocess
+
+    stored_model = bentoml.models.get(tag)
+    stored = dict(stored_model.info.metadata)
     model = Model(
         name=name,
         bento_tag=tag,
         uri=stored.get("model_uri") or f"models:/{name}/{tag.rsplit(':v', 1)[-1]}",
         classes=len(stored.get("class_names") or []) or 10,
         tracking_uri=tracking_uri,
+        onnx_file=Path(stored_model.path) / served_model.served_file(stored),
+        content_size=int(stored.get("content_size", preprocess.MNIST_CONTENT_SIZE)),
     )
     print(
         f"- model: {model.uri} (BentoML tag {tag}, packaged in"
@@ -343,11 +363,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f" asyncio + aiohttp) shares the {info['usable_cpus']} cores with the server under test;"
         " each server runs alone: ours is started, checked, measured and stopped, then MLflow's"
     )
+    # Before any server runs, so that the parts have the machine to themselves.
+    parts = preprocess_cost.single_image_parts(
+        args.kinds, images, model_file=model.onnx_file, content_size=model.content_size
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="serve_load-"))
     outcome = start_check_and_load(args, model, requests, true_labels, log_dir)
-    goals = serve_report.goals(outcome.cells, outcome.ready, outcome.memory)
+    goals = serve_report.goals(outcome.cells, outcome.ready, outcome.memory, parts)
     goals.append(serve_workers.spread_goal(outcome.cells, outcome.fresh, args.workers))
-    print("\n" + serve_report.table(outcome.cells) + "\n")
+    print("\n" + serve_report.table(outcome.cells, parts) + "\n")
     print("\n".join(serve_report.goal_lines(goals)))
     print(
         f"\nClient and server share {info['usable_cpus']} cores; {args.workers} worker process(es)"
@@ -369,6 +393,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "checks": outcome.checks,
         "failed_kinds": outcome.failures,
         "cells": [cell.summary() for cell in outcome.cells],
+        "parts_ms": {
+            kind: {"preprocess": found.preprocess_ms, "forward": found.forward_ms}
+            for kind, found in parts.items()
+        },
         "fresh_starts": [cell.worker_requests for cell in outcome.fresh],
         "goals": serve_report.summary(goals),
         "logs": str(log_dir),

@@ -3,6 +3,8 @@
 Kinds (ours; `/predict_image` and the OIP model name are the service's contract):
 
     single     POST /predict_image, multipart field `image`, a PNG of one test image
+    photo      POST /predict_image, multipart, the same test image as a photo-like upload:
+               179x218 RGB, dark blue on cream paper lit unevenly (`photo_like_png`)
     image_raw  POST /predict_image, the same PNG as the raw body (Content-Type: image/png)
     images     POST /predict_images, multipart, the field `images` repeated (--upload-batch PNGs)
     batch      POST /predict, JSON {"pixels": uint8 (N, 28, 28)} (--batch-size images)
@@ -34,14 +36,15 @@ from tests.support import servers
 # Each kind of ours -> the MLflow kind its throughput is compared with.
 BASELINE = {
     "single": "single",
+    "photo": "single",
     "image_raw": "single",
     "images": "batch",
     "batch": "batch",
     "oip": "batch",
 }
 KINDS = tuple(BASELINE)
-DEFAULT_KINDS = ("single", "image_raw", "batch", "oip")
-SINGLE_IMAGE_KINDS = ("single", "image_raw")
+DEFAULT_KINDS = ("single", "photo", "image_raw", "batch", "oip")
+SINGLE_IMAGE_KINDS = ("single", "photo", "image_raw")
 # GET /livez: BentoML's liveness probe, no body and no model; no MLflow baseline.
 FLOOR = "floor"
 MULTIPART_BOUNDARY = "serve-load-boundary-7c1f9b"
@@ -86,6 +89,42 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# A photo-like upload: the size of a user's crop of a phone photo (issue 37 measured 179x218), the
+# object across 70% of its width, dark blue ink on cream paper, light falling off by 8% from the
+# top left corner to the bottom right one, as under a desk lamp.
+PHOTO_SIZE = (179, 218)
+PHOTO_OBJECT_FRACTION = 0.7
+PHOTO_INK, PHOTO_PAPER = (40, 40, 120), (245, 240, 230)
+PHOTO_FALL_OFF = 0.08
+
+
+def photo_like_png(image: np.ndarray, *, noise: float = 0.0, seed: int = 0) -> bytes:
+    """A test image (float (28, 28) in [0, 1], light on dark) as a user might upload a photo of
+    it: PHOTO_SIZE RGB, dark on light, unevenly lit; `noise` adds sensor noise (standard
+    deviation in grey levels), which makes the PNG several times larger and slower to decode."""
+    from PIL import Image
+
+    width, height = PHOTO_SIZE
+    side = round(PHOTO_OBJECT_FRACTION * width)
+    drawn = Image.fromarray(to_uint8(image), mode="L").resize(
+        (side, side), Image.Resampling.BILINEAR
+    )
+    paper = np.zeros((height, width), dtype=np.float32)
+    top, left = (height - side) // 2, (width - side) // 2
+    paper[top : top + side, left : left + side] = np.asarray(drawn, dtype=np.float32) / 255
+    ink, cream = np.array(PHOTO_INK, np.float32), np.array(PHOTO_PAPER, np.float32)
+    rows, columns = np.linspace(0, 1, height)[:, None], np.linspace(0, 1, width)[None, :]
+    light = (1 - PHOTO_FALL_OFF * (rows + columns) / 2)[..., None]
+    rgb = (cream + (ink - cream) * paper[..., None]) * light
+    if noise:
+        rgb = rgb + np.random.default_rng(seed).normal(0.0, noise, rgb.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), mode="RGB").save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()
+
+
 def multipart(field_name: str, files: list[bytes], content_type: str = "image/png") -> bytes:
     """A multipart/form-data body with `files` under `field_name`, boundary MULTIPART_BOUNDARY."""
     parts = [
@@ -126,17 +165,25 @@ def oip_request(pixels: np.ndarray, model_name: str) -> Request:
     )
 
 
+def single_uploads(images: np.ndarray) -> dict[str, bytes]:
+    """The image file each single-image kind uploads: the first test image as a grey PNG, or as
+    a photo-like upload (`photo`)."""
+    png = png_bytes(images[0])
+    return {"single": png, "photo": photo_like_png(images[0]), "image_raw": png}
+
+
 def ours_requests(images: np.ndarray, *, model_name: str, upload_batch: int) -> dict[str, Request]:
     """Every kind of ours: single images are the first test image, batches all of `images`."""
     pixels = to_uint8(images)
-    png = png_bytes(images[0])
+    single = single_uploads(images)
     form = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"
     uploads = [png_bytes(image) for image in images[:upload_batch]]
     batch = json.dumps({"pixels": pixels.tolist()}, separators=(",", ":")).encode()
     return {
         FLOOR: Request("/livez", b"", "text/plain", 0, method="GET"),
-        "single": Request("/predict_image", multipart("image", [png]), form, 1),
-        "image_raw": Request("/predict_image", png, "image/png", 1),
+        "single": Request("/predict_image", multipart("image", [single["single"]]), form, 1),
+        "photo": Request("/predict_image", multipart("image", [single["photo"]]), form, 1),
+        "image_raw": Request("/predict_image", single["image_raw"], "image/png", 1),
         "images": Request("/predict_images", multipart("images", uploads), form, len(uploads)),
         "batch": Request("/predict", batch, "application/json", len(images)),
         "oip": oip_request(pixels, model_name),

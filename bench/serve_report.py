@@ -14,6 +14,9 @@ Goals (ours, measured against `mlflow models serve` on the same version in the s
     our server's process tree: resident memory <= 700 MiB (summed RSS, after the batch cells)
     single image /predict_image at concurrency 8: >= 0.5x the floor's req/s (GET /livez, same
     server, same concurrency: what the HTTP stack alone allows)
+    single image /predict_image at concurrency 8: server CPU <= 1.7x the sum of its parts (issue
+    37): the floor's server CPU per request at the same concurrency, plus the upload's
+    preprocessing and forward pass in process, one thread (bench.preprocess_cost.upload_parts)
 
 Reported without a goal: /predict_images, the ratios to MLflow's batches, MLflow's memory. Each
 single-image goal is judged for every single-image kind measured (multipart upload and raw body),
@@ -26,6 +29,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.preprocess_cost import Parts
 from bench.serve_driver import Cell
 from bench.serve_payloads import BASELINE, FLOOR, SINGLE_IMAGE_KINDS
 
@@ -41,11 +45,13 @@ GOAL_OIP_IMAGES_PER_S = 8000.0
 GOAL_READY_S = 2.5
 GOAL_RSS_MIB = 700.0
 GOAL_FLOOR_FRACTION = 0.5
+GOAL_PARTS_MULTIPLE = 1.7
 MIB = 1024 * 1024
 # How much of a failed check's answer a goal line or table row repeats (the full text is above).
 FAILURE_CHARACTERS = 100
 KIND_NAMES = {
     "single": "multipart",
+    "photo": "multipart, photo-like",
     "image_raw": "raw body",
     "images": "multipart, many",
     "batch": "JSON pixels",
@@ -76,7 +82,8 @@ def at_most(value: float, limit: float, unit: str) -> str:
     """'' when `value` stays within `limit`, else by how much it goes over."""
     if value <= limit:
         return ""
-    return f"{value - limit:,.1f} {unit} over ({value / limit:.2f}x the limit)"
+    excess = f"{value - limit:,.1f}" + (unit if unit == "x" else f" {unit}")
+    return f"{excess} over ({value / limit:.2f}x the limit)"
 
 
 def judged(goal: str, measured: str, shortfalls: list[str]) -> Goal:
@@ -120,7 +127,7 @@ def errors_text(cell: Cell) -> str:
     return f"{cell.errors} errors" if cell.errors else ""
 
 
-def single_image_goals(cells: list[Cell], kind: str) -> list[Goal]:
+def single_image_goals(cells: list[Cell], kind: str, parts: dict[str, Parts]) -> list[Goal]:
     """The four single-image goals for one kind of single-image request."""
     label = f"/predict_image ({KIND_NAMES[kind]})"
     goals = []
@@ -156,7 +163,7 @@ def single_image_goals(cells: list[Cell], kind: str) -> list[Goal]:
         cpu_ms = cell.server_cpu_ms_per_request or math.nan
         verdict = judged(text, f"{cpu_ms:.2f} ms", [at_most(cpu_ms, GOAL_CPU_MS, "ms")])
     goals.append(verdict)
-    return goals + floor_goals(cells, kind)
+    return goals + floor_goals(cells, kind) + parts_goals(cells, kind, parts)
 
 
 def floor_goals(cells: list[Cell], kind: str) -> list[Goal]:
@@ -180,6 +187,56 @@ def floor_goals(cells: list[Cell], kind: str) -> list[Goal]:
                 f"{fraction:.2f}x ({cell.requests_per_s:,.0f} / {floor.requests_per_s:,.0f} req/s)"
             )
             shortfall = at_least(fraction, GOAL_FLOOR_FRACTION, "x") if judged_here else ""
+            verdict = (
+                judged(text, figure, [shortfall]) if judged_here else Goal(text, "info", figure)
+            )
+        goals.append(verdict)
+    return goals
+
+
+def parts_sum(cell: Cell, cells: list[Cell], parts: dict[str, Parts]) -> tuple[float, float]:
+    """(floor's server CPU ms per request at the cell's concurrency, sum of the parts ms) of a
+    single-image cell of ours; NaNs where a part was not measured."""
+    floor = find(cells, "ours", FLOOR, cell.concurrency)
+    floor_ms = (floor.server_cpu_ms_per_request if floor else None) or math.nan
+    found = parts.get(cell.kind)
+    return floor_ms, floor_ms + (found.total_ms if found else math.nan)
+
+
+def parts_text(cell: Cell, cells: list[Cell], parts: dict[str, Parts]) -> tuple[str, str]:
+    """`sum (floor + preprocess + forward)` and the cell's server CPU as a multiple of the sum;
+    empty for cells that are not single-image requests of ours."""
+    found = parts.get(cell.kind)
+    if cell.server != "ours" or found is None or cell.failure is not None:
+        return "", ""
+    floor_ms, total = parts_sum(cell, cells, parts)
+    cpu_ms = cell.server_cpu_ms_per_request or math.nan
+    return (
+        f"{total:.2f} ({floor_ms:.2f} + {found.preprocess_ms:.2f} + {found.forward_ms:.2f})",
+        f"{cpu_ms / total:.2f}x",
+    )
+
+
+def parts_goals(cells: list[Cell], kind: str, parts: dict[str, Parts]) -> list[Goal]:
+    """The server CPU of each single-image cell of `kind` as a multiple of the sum of its parts:
+    a goal at GOAL_CONCURRENCY, reported at the others."""
+    goals = []
+    for cell in cells:
+        if (cell.server, cell.kind) != ("ours", kind) or kind not in parts:
+            continue
+        judged_here = cell.concurrency == GOAL_CONCURRENCY
+        text = (
+            f"/predict_image ({KIND_NAMES[kind]}) at c={cell.concurrency}: server CPU"
+            + (f" <= {GOAL_PARTS_MULTIPLE}x" if judged_here else " as a multiple of")
+            + " the sum of its parts (GET /livez CPU + preprocess + forward in process)"
+        )
+        verdict = not_measured(text, cell)
+        if verdict is None:
+            total, multiple = parts_text(cell, cells, parts)
+            cpu_ms = cell.server_cpu_ms_per_request or math.nan
+            figure = f"{multiple} ({cpu_ms:.2f} / {total} ms)"
+            ratio = cpu_ms / parts_sum(cell, cells, parts)[1]
+            shortfall = at_most(ratio, GOAL_PARTS_MULTIPLE, "x") if judged_here else ""
             verdict = (
                 judged(text, figure, [shortfall]) if judged_here else Goal(text, "info", figure)
             )
@@ -269,13 +326,17 @@ def server_goals(ready: dict[str, float], memory: dict[str, dict[str, int]]) -> 
 
 
 def goals(
-    cells: list[Cell], ready: dict[str, float], memory: dict[str, dict[str, int]]
+    cells: list[Cell],
+    ready: dict[str, float],
+    memory: dict[str, dict[str, int]],
+    parts: dict[str, Parts] | None = None,
 ) -> list[Goal]:
     """Every goal with its measured figure, verdict and shortfall."""
     found: list[Goal] = []
+    parts = parts or {}
     for kind in SINGLE_IMAGE_KINDS:
         if any(cell.kind == kind for cell in cells):
-            found.extend(single_image_goals(cells, kind))
+            found.extend(single_image_goals(cells, kind, parts))
     return found + batch_goals(cells) + server_goals(ready, memory)
 
 
@@ -304,34 +365,39 @@ def cpu_text(cell: Cell) -> str:
     return f"{cell.cpu['server']:.2f} / {cell.cpu['client']:.2f} / {cell.cpu['other']:.2f}"
 
 
-def row(cell: Cell, cells: list[Cell]) -> str:
+def row(cell: Cell, cells: list[Cell], parts: dict[str, Parts]) -> str:
     """One table row; a failed cell says why in place of its figures."""
     head = (
         f"| {server_name(cell.server)} | {cell.kind} | `{cell.endpoint}`"
         f" | {cell.images_per_request} | {cell.concurrency}"
     )
     if cell.failure is not None:
-        return head + f" | FAILED: {cell.failure[:FAILURE_CHARACTERS]} | | | | | | | | | |"
+        return head + f" | FAILED: {cell.failure[:FAILURE_CHARACTERS]} | | | | | | | | | | | |"
     ratio = ratio_for(cell, cells)
     cpu_ms = cell.server_cpu_ms_per_request
     rss = cell.memory.get("rss")
+    parts_columns = " | ".join(parts_text(cell, cells, parts))
     return head + (
         f" | {cell.requests_per_s:,.0f} | {cell.images_per_s:,.0f}"
         f" | {cell.percentile(0.5):,.1f} | {cell.percentile(0.99):,.1f} | {cell.errors}"
         f" | {'' if ratio is None else f'{ratio:.1f}x'}"
-        f" | {'' if cpu_ms is None else f'{cpu_ms:.2f}'} | {cpu_text(cell)}"
+        f" | {'' if cpu_ms is None else f'{cpu_ms:.2f}'} | {parts_columns} | {cpu_text(cell)}"
         f" | {'' if rss is None else f'{rss / MIB:,.0f}'} | {shares_text(cell.worker_requests)} |"
     )
 
 
-def table(cells: list[Cell]) -> str:
+def table(cells: list[Cell], parts: dict[str, Parts] | None = None) -> str:
+    """The cells as a Markdown table; single-image cells of ours with the sum of their parts
+    (ms: the floor's server CPU per request + preprocess + forward) and their server CPU as a
+    multiple of it."""
     lines = [
         "| server | kind | endpoint | images/request | concurrency | req/s | images/s | p50 ms"
         " | p99 ms | errors | ours / MLflow | server CPU ms/request"
+        " | sum of parts ms (floor + preprocess + forward) | CPU / parts"
         " | cores: server / client / other | server RSS MiB | requests by worker |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    return "\n".join(lines + [row(cell, cells) for cell in cells])
+    return "\n".join(lines + [row(cell, cells, parts or {}) for cell in cells])
 
 
 def goal_lines(found: list[Goal]) -> list[str]:
