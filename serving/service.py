@@ -29,6 +29,7 @@ from serving import batching, deadline, failfast, pixels_json, preprocess, route
 from serving.edge import Edge
 from serving.follow import Follower, Served, announce, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
+from serving.request_ids import RequestId
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
 from serving.shadow import Shadow
@@ -84,6 +85,8 @@ class PredictInput(bentoml.IODescriptor):
     monitoring={"enabled": True, "type": "default", "options": {"log_path": DECLARED.monitor_dir}},
     # BentoML's access log, a line per request: off unless ACCESS_LOG=1 (serving.settings).
     logging={"access": {"enabled": DECLARED.access_log}},
+    # OpenTelemetry spans for every request unless TRACING=1 (serving.request_ids): none.
+    **({} if DECLARED.tracing else {"tracing": {"excluded_urls": [".*"]}}),
 )
 @bentoml.asgi_app(routes.app(), path="/")
 class Classifier:
@@ -204,7 +207,8 @@ class Classifier:
 deadline.install()
 # Each worker accepts connections only while it holds no more than the others (serving.spread).
 spread.install(DECLARED.workers)
-# Outermost first: the token check, then the edge's limits, then the watch.
+# Outermost first: the request's id, the token check, then the edge's limits, then the watch.
+Classifier.add_asgi_middleware(RequestId)
 Classifier.add_asgi_middleware(Guard)
 Classifier.add_asgi_middleware(Edge)
 Classifier.add_asgi_middleware(PredictWatch)

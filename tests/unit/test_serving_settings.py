@@ -39,10 +39,13 @@ def test_declared_settings() -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "attribute"), [("ACCESS_LOG", "access_log"), ("TRACING", "tracing")]
+)
+@pytest.mark.parametrize(
     ("text", "on"), [("", False), ("0", False), ("1", True), ("true", True), ("False", False)]
 )
-def test_the_access_log_is_off_unless_asked_for(text: str, on: bool) -> None:
-    assert Declared.from_env({"ACCESS_LOG": text} if text else {}).access_log is on
+def test_the_access_log_and_tracing_are_off_unless_asked_for(name, attribute, text, on) -> None:
+    assert getattr(Declared.from_env({name: text} if text else {}), attribute) is on
 
 
 def test_a_bad_access_log_switch_names_the_variable() -> None:
