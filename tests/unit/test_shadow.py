@@ -7,6 +7,7 @@ import os
 import threading
 
 import numpy as np
+import prometheus_client
 
 from serving import shadow
 
@@ -26,8 +27,17 @@ class Recorder:
         return np.full((len(images), 3), 1 / 3, dtype=np.float32)
 
 
+def different() -> float:
+    """Images the shadow (v2) answered with another class than the champion (v1), so far."""
+    labels = {"champion_version": "1", "shadow_version": "2", "agreement": "different"}
+    found = prometheus_client.REGISTRY.get_sample_value("classifier_shadow_images_total", labels)
+    return found or 0.0
+
+
 def test_the_shadow_answers_off_the_event_loop_at_a_lower_priority(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the records go to ./monitoring
+    monkeypatch.chdir(
+        tmp_path
+    )  # records written to a relative folder land here, not in the checkout
     model = Recorder()
     watched = shadow.Shadow(lambda: model, fraction=1.0)
     champion = np.array([[0.1, 0.8, 0.1]], dtype=np.float32)
@@ -38,10 +48,11 @@ def test_the_shadow_answers_off_the_event_loop_at_a_lower_priority(tmp_path, mon
         await task
         return threading.get_native_id()
 
+    before = different()
     loop_thread = asyncio.run(serve_one())
     ((thread, nice),) = model.seen
     assert thread != loop_thread
     loop_nice = os.getpriority(os.PRIO_PROCESS, loop_thread)
     assert nice == min(shadow.MAX_NICE, loop_nice + shadow.SHADOW_NICE) > loop_nice
-    # Its answer was recorded and counted like any other.
-    assert (tmp_path / "monitoring" / shadow.MONITOR_NAME / "data").is_dir()
+    # Its answer was counted: the uniform shadow's class (0) is not the champion's (1).
+    assert different() == before + 1
