@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -86,10 +87,17 @@ class Shadow:
         probabilities: np.ndarray,
         champion_version: str,
     ) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self._thread, self._answer, model, endpoint, images, probabilities, champion_version
+        # In the request's context, as asyncio.to_thread would: its records carry its request id.
+        answer = functools.partial(
+            contextvars.copy_context().run,
+            self._answer,
+            model,
+            endpoint,
+            images,
+            probabilities,
+            champion_version,
         )
+        await asyncio.get_running_loop().run_in_executor(self._thread, answer)
 
     def _answer(
         self,

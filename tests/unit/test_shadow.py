@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import prometheus_client
+from bentoml._internal.context import trace_context
 
 from serving import shadow
 
@@ -20,10 +21,12 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[int, int]] = []
+        self.request_ids: list[int | None] = []
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         native = threading.get_native_id()
         self.seen.append((native, os.getpriority(os.PRIO_PROCESS, native)))
+        self.request_ids.append(trace_context.request_id)
         return np.full((len(images), 3), 1 / 3, dtype=np.float32)
 
 
@@ -35,14 +38,14 @@ def different() -> float:
 
 
 def test_the_shadow_answers_off_the_event_loop_at_a_lower_priority(tmp_path, monkeypatch):
-    monkeypatch.chdir(
-        tmp_path
-    )  # records written to a relative folder land here, not in the checkout
+    # Records written to a relative folder land here, not in the checkout.
+    monkeypatch.chdir(tmp_path)
     model = Recorder()
     watched = shadow.Shadow(lambda: model, fraction=1.0)
     champion = np.array([[0.1, 0.8, 0.1]], dtype=np.float32)
 
     async def serve_one() -> int:
+        trace_context.request_id = 0x5EED  # what serving.request_ids sets for each request
         task = watched.maybe_compare("predict_image", np.zeros((1, 28, 28)), champion, "1")
         assert task is not None
         await task
@@ -54,5 +57,7 @@ def test_the_shadow_answers_off_the_event_loop_at_a_lower_priority(tmp_path, mon
     assert thread != loop_thread
     loop_nice = os.getpriority(os.PRIO_PROCESS, loop_thread)
     assert nice == min(shadow.MAX_NICE, loop_nice + shadow.SHADOW_NICE) > loop_nice
+    # ... in the request's context, so that its record carries the request's id.
+    assert model.request_ids == [0x5EED]
     # Its answer was counted: the uniform shadow's class (0) is not the champion's (1).
     assert different() == before + 1
