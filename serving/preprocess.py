@@ -10,13 +10,14 @@ importing this module is cheap.
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import math
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from serving import resample
 
 IMAGE_SIZE = 28
 # MNIST scaled each digit to fit 20x20; Fashion-MNIST products fill the whole 28x28 field.
@@ -38,11 +39,8 @@ NOISE_SIGMAS = 5.0
 WORKING_SIZE = 1024
 # The median absolute deviation times this is the standard deviation, for normal noise.
 _MAD_TO_SIGMA = 1.4826
-# The grey levels of 8-bit images, and the half-width of Pillow's Lanczos filter.
+# The grey levels of 8-bit images.
 _LEVELS = np.arange(256, dtype=np.float64)
-_LANCZOS_SUPPORT = 3.0
-# Matrix products up to this many multiply-adds stay on one OpenBLAS thread (see _product).
-_ONE_THREAD_PRODUCT = 2**18
 
 
 class ImageError(ValueError):
@@ -109,6 +107,13 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
     except ValueError as error:
         # Pillow cannot convert a few exotic modes (premultiplied La, say) to grey.
         raise ImageError(f"images of mode {image.mode} are not supported ({error})") from None
+    ink, span = _object_ink(levels)
+    return _centre(_fitted(ink, span, content_size))
+
+
+def _object_ink(levels: np.ndarray) -> tuple[np.ndarray, float]:
+    """The object cut out of grey `levels` as ink (light on dark, not yet scaled) and the span
+    that full ink has, judged against the border's background and noise."""
     # Most uploads stay in whole grey levels (0-255) until the object is cut out: converting the
     # whole image to floats was most of what preprocessing cost.
     full_scale = 255.0 if levels.dtype == np.uint8 else 1.0
@@ -139,14 +144,19 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
     # Pixels beyond the background (paper brighter than the border's median) are no ink at all.
     level = np.float32(background)
     ink = level - np.minimum(crop, level) if inverted else np.maximum(crop, level) - level
+    return ink, span
 
-    height, width = crop.shape
+
+def _fitted(ink: np.ndarray, span: float, content_size: int) -> np.ndarray:
+    """The ink scaled to fit `content_size` and stretched to full intensity, in [0, 1]."""
+    height, width = ink.shape
     scale = content_size / max(height, width)
     new_height = max(1, round(height * scale))
     new_width = max(1, round(width * scale))
     # Scaling is linear, so dividing by the span after it gives what scaling the ink would.
-    rows, columns = _lanczos_weights(new_height, height), _lanczos_weights(new_width, width)
-    scaled = _product(_product(rows, ink), columns.T)
+    rows = resample.lanczos_weights(new_height, height)
+    columns = resample.lanczos_weights(new_width, width)
+    scaled = resample.product(resample.product(rows, ink), columns.T)
     # Lanczos overshoots around sharp edges; the overshoot is not ink.
     patch_pixels = np.clip(scaled / np.float32(span), 0.0, 1.0, dtype=np.float32)
     peak = float(patch_pixels.max())
@@ -154,7 +164,7 @@ def to_model_input(image: Image.Image, *, content_size: int = MNIST_CONTENT_SIZE
         raise ImageError("the image is blank after scaling; send an image with a visible object")
     # Nearly every MNIST and Fashion-MNIST image peaks at full intensity, while pale ink, grey
     # paper and strokes thinned by downscaling do not; stretching to the peak undoes all three.
-    return _centre(patch_pixels / np.float32(peak))
+    return patch_pixels / np.float32(peak)
 
 
 def preprocess(
@@ -337,39 +347,6 @@ def _counted_median(values: np.ndarray, counts: np.ndarray) -> float:
     total = int(cumulative[-1])
     lower, upper = np.searchsorted(cumulative, [(total - 1) // 2, total // 2], side="right")
     return float(values[lower] + values[upper]) / 2
-
-
-def _product(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """left @ right, summed over slices of the inner dimension small enough for one BLAS thread:
-    OpenBLAS threads a product past about 2**19 multiply-adds, which for workers sharing 2 cores
-    made a 28x150 by 150x130 product take 130-320 us against 16-20 us on one thread."""
-    step = max(1, _ONE_THREAD_PRODUCT // (left.shape[0] * right.shape[1]))
-    slices = range(0, left.shape[1], step)
-    return sum(left[:, start : start + step] @ right[start : start + step] for start in slices)
-
-
-@functools.lru_cache(maxsize=1024)
-def _lanczos_weights(new_size: int, size: int) -> np.ndarray:
-    """The (new_size, size) matrix that resamples a line of `size` pixels to `new_size` with the
-    weights of Pillow's Lanczos `resize` (Resample.c, precompute_coeffs): two small products
-    cost a fraction of Pillow's float resize (110 us for a 126-pixel square crop)."""
-    scale = size / new_size
-    filter_scale = max(scale, 1.0)
-    support = _LANCZOS_SUPPORT * filter_scale
-    centres = ((np.arange(new_size) + 0.5) * scale)[:, np.newaxis]
-    positions = np.arange(size)
-    # Pillow's window around each centre, its ends rounded by truncating x + 0.5 towards zero.
-    window = (positions >= np.trunc(centres - support + 0.5)) & (
-        positions < np.trunc(centres + support + 0.5)
-    )
-    distances = (positions - centres + 0.5) / filter_scale
-    inside = window & (distances >= -_LANCZOS_SUPPORT) & (distances < _LANCZOS_SUPPORT)
-    weights = np.where(inside, np.sinc(distances) * np.sinc(distances / _LANCZOS_SUPPORT), 0.0)
-    totals = weights.sum(axis=1, keepdims=True)
-    weights = np.divide(weights, totals, out=weights, where=totals != 0)
-    weights = weights.astype(np.float32)
-    weights.flags.writeable = False
-    return weights
 
 
 def _centre(patch: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from serving import preprocess
+from serving import preprocess, resample
 from serving.preprocess import ImageError
 from tests.support.shapes import png_of_size
 
@@ -424,15 +424,15 @@ def test_lanczos_weights_resample_as_pillow_does(height: int, width: int) -> Non
     pillow = Image.fromarray(pixels, mode="F").resize(
         (new_width, new_height), Image.Resampling.LANCZOS
     )
-    rows = preprocess._lanczos_weights(new_height, height)
-    columns = preprocess._lanczos_weights(new_width, width)
+    rows = resample.lanczos_weights(new_height, height)
+    columns = resample.lanczos_weights(new_width, width)
     np.testing.assert_allclose(rows @ pixels @ columns.T, np.asarray(pillow), atol=1e-6)
 
 
 def test_product_in_slices_is_the_matrix_product() -> None:
     rng = np.random.default_rng(5)
     left, right = rng.random((28, 900)), rng.random((900, 700))  # 17.6 M multiply-adds
-    np.testing.assert_allclose(preprocess._product(left, right), left @ right, rtol=1e-12)
+    np.testing.assert_allclose(resample.product(left, right), left @ right, rtol=1e-12)
 
 
 @pytest.mark.parametrize("count", [1, 2, 7, 1000, 1001])
