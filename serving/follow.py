@@ -255,12 +255,14 @@ class Follower:
             return False
         taken = Served(candidate, tag, time.time())
         self.put(taken)
-        shadow = self.reference is not None
-        _swaps().labels(candidate.version, "shadow" if shadow else "served", "").inc()
-        announce("shadow" if shadow else "served", taken, served)
+        role = "served" if self.reference is None else "shadow"
+        _swaps().labels(candidate.version, role, "").inc()
+        announce(role, taken, served)
         # The instant to the millisecond (the log's own stamp has whole seconds): when this
         # worker's answers start naming the new version.
         since = datetime.fromtimestamp(taken.since, UTC).isoformat(timespec="milliseconds")
-        role = "shadowing" if shadow else "serving"
-        log.info("now %s %s v%s (%s) since %s", role, candidate.name, candidate.version, tag, since)
+        doing = "serving" if role == "served" else "shadowing"
+        log.info(
+            "now %s %s v%s (%s) since %s", doing, candidate.name, candidate.version, tag, since
+        )
         return True

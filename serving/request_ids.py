@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import random
 
+from bentoml._internal.context import trace_context
+
 HEADER = b"x-bentoml-request-id"
 
 
@@ -31,8 +33,6 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        from bentoml._internal.context import trace_context
-
         request_id = trace_context.request_id
         if request_id is None:
             request_id = random.getrandbits(64)  # an id, not a secret

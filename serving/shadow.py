@@ -47,6 +47,20 @@ SHADOW_NICE = 10
 MAX_NICE = 19
 
 
+def lower_priority() -> None:
+    """Lower the calling thread's scheduling priority by SHADOW_NICE (on Linux a thread has its
+    own nice value), so that the champion's work comes first on busy cores; elsewhere, nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        thread = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(MAX_NICE, nice + SHADOW_NICE))
+
+
+def shadow_thread() -> ThreadPoolExecutor:
+    """The one thread a worker's shadow works in, at a lower priority than the champion's."""
+    return ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=lower_priority)
+
+
 @dataclass
 class Shadow:
     """One worker's shadowing: the model to ask (`get`, None: none now) and the fraction."""
@@ -56,14 +70,14 @@ class Shadow:
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     # Removes old shadow record files now and then, as the watch does its own.
     pruner: Pruner | None = None
-    _pending: set[asyncio.Task] = field(default_factory=set)
-    _thread: ThreadPoolExecutor = field(default_factory=lambda: shadow_thread())
+    _pending: set[asyncio.Future] = field(default_factory=set)
+    _thread: ThreadPoolExecutor = field(default_factory=shadow_thread)
 
     def maybe_compare(
         self, endpoint: str, images: np.ndarray, probabilities: np.ndarray, champion_version: str
-    ) -> asyncio.Task | None:
-        """Start comparing the shadow's answers with the champion's on a sampled request, in a
-        task of its own (the caller does not wait); the task, or None when not sampled."""
+    ) -> asyncio.Future | None:
+        """Start comparing the shadow's answers with the champion's on a sampled request, in the
+        shadow's thread (the caller does not wait); its future, or None when not sampled."""
         model = self.get()
         if model is None or model.version == champion_version or not len(images):
             return None
@@ -72,22 +86,8 @@ class Shadow:
         if len(self._pending) >= MAX_PENDING:
             _images().labels(champion_version, model.version, "skipped").inc(len(images))
             return None
-        task = asyncio.get_running_loop().create_task(
-            self._compare(model, endpoint, images, probabilities, champion_version)
-        )
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        return task
-
-    async def _compare(
-        self,
-        model: ServedModel,
-        endpoint: str,
-        images: np.ndarray,
-        probabilities: np.ndarray,
-        champion_version: str,
-    ) -> None:
-        # In the request's context, as asyncio.to_thread would: its records carry its request id.
+        # In the shadow's thread, in the request's context (as asyncio.to_thread would run it):
+        # its records carry the request's id.
         answer = functools.partial(
             contextvars.copy_context().run,
             self._answer,
@@ -97,7 +97,10 @@ class Shadow:
             probabilities,
             champion_version,
         )
-        await asyncio.get_running_loop().run_in_executor(self._thread, answer)
+        task = asyncio.get_running_loop().run_in_executor(self._thread, answer)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
 
     def _answer(
         self,
@@ -117,20 +120,6 @@ class Shadow:
                 self.pruner.maybe_prune()
         except Exception:  # the shadow's failure is nobody's answer: log it and go on
             log.exception("shadow v%s could not answer %d image(s)", model.version, len(images))
-
-
-def lower_priority() -> None:
-    """Lower the calling thread's scheduling priority by SHADOW_NICE (on Linux a thread has its
-    own nice value), so that the champion's work comes first on busy cores; elsewhere, nothing."""
-    with contextlib.suppress(OSError, AttributeError):
-        thread = threading.get_native_id()
-        nice = os.getpriority(os.PRIO_PROCESS, thread)
-        os.setpriority(os.PRIO_PROCESS, thread, min(MAX_NICE, nice + SHADOW_NICE))
-
-
-def shadow_thread() -> ThreadPoolExecutor:
-    """The one thread a worker's shadow works in, at a lower priority than the champion's."""
-    return ThreadPoolExecutor(1, thread_name_prefix="shadow", initializer=lower_priority)
 
 
 def record(
