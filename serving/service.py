@@ -29,6 +29,7 @@ from serving import batching, deadline, failfast, pixels_json, preprocess, route
 from serving.edge import Edge
 from serving.follow import Follower, Served, announce, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
+from serving.monitors import FileMonitor
 from serving.request_ids import RequestId
 from serving.retention import Pruner, Retention
 from serving.settings import Declared, Settings
@@ -82,7 +83,13 @@ class PredictInput(bentoml.IODescriptor):
     resources={"cpu": "2"},
     # The watch's records (serving.watch): JSON lines under MONITOR_DIR. A BentoML configuration
     # file (BENTOML_CONFIG) can override this, e.g. `type: otlp` to ship them instead.
-    monitoring={"enabled": True, "type": "default", "options": {"log_path": DECLARED.monitor_dir}},
+    # serving.monitors.FileMonitor: BentoML's default, with a logger per monitor. Imported here,
+    # since BentoML imports the type named lazily, from whichever thread records first.
+    monitoring={
+        "enabled": True,
+        "type": f"{FileMonitor.__module__}.{FileMonitor.__qualname__}",
+        "options": {"log_path": DECLARED.monitor_dir},
+    },
     # BentoML's access log, a line per request: off unless ACCESS_LOG=1 (serving.settings).
     logging={"access": {"enabled": DECLARED.access_log}},
     # OpenTelemetry spans for every request unless TRACING=1 (serving.request_ids): none.
