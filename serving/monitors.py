@@ -7,21 +7,49 @@ BentoML 1.4's `DefaultMonitor` writes every monitor through the same two loggers
 folders, whichever started second. `FileMonitor` writes the same JSON lines to the same files,
 `<log_path>/<name>/data/data.<worker>.log` (rotated daily) and `.../schema/schema.<worker>.log`,
 through loggers named after the monitor. The service declares it (`monitoring.type`).
+
+It also takes rows in bulk (`add_rows`, used by serving.records after a monitor's first record):
+BentoML's `bentoml.monitor(...)` context, its per-column `log_batch` and one logging call per row
+cost ~0.1 ms of a single-image request, ten times the row's own JSON. `add_rows` only builds the
+rows (with the request's timestamp and ids, as `export_data` adds them); a thread of the
+monitor's writes what is pending as one block of lines every `flush_s` (a monitoring option,
+default `FLUSH_S`), sooner when `FLUSH_ROWS` are waiting, and at the process's exit. A worker
+killed outright loses at most the last `flush_s` of rows.
 """
 
 from __future__ import annotations
 
+import atexit
+import datetime
 import json
 import logging
 import logging.handlers
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from bentoml._internal.context import server_context
+from bentoml._internal.context import server_context, trace_context
 from bentoml._internal.monitoring.default import DefaultMonitor
+
+# How often the writer thread writes what rows are pending, and how many wake it sooner.
+FLUSH_S = 0.5
+FLUSH_ROWS = 2000
 
 
 class FileMonitor(DefaultMonitor):
-    """`DefaultMonitor` whose loggers belong to this monitor alone."""
+    """`DefaultMonitor` whose loggers belong to this monitor alone, and which takes rows in
+    bulk."""
+
+    def __init__(self, name: str, log_path: str, flush_s: float = FLUSH_S, **options: Any) -> None:
+        super().__init__(name, log_path, **options)
+        self.flush_s = flush_s
+        self._lock = threading.Lock()
+        # Held while a block is taken and written, so that blocks reach the file in order.
+        self._flushing = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
 
     def _init_logger(self) -> None:
         worker = server_context.worker_index or 0
@@ -37,11 +65,72 @@ class FileMonitor(DefaultMonitor):
             logging.handlers.RotatingFileHandler(_made(schema)),
         )
 
+    def add_rows(self, columns: Mapping[str, Sequence[Any]]) -> None:
+        """Rows (column -> one value per row) to be written by the monitor's thread, stamped
+        now with the current request's ids. Call after the monitor's first record, which wrote
+        the schema."""
+        extra = {
+            self.COLUMN_TIME: datetime.datetime.now().isoformat(),
+            self.COLUMN_RID: str(trace_context.request_id),
+            self.COLUMN_TID: str(trace_context.trace_id),
+        }
+        names = list(columns)
+        rows = [
+            dict(zip(names, values, strict=True)) | extra
+            for values in zip(*columns.values(), strict=True)
+        ]
+        with self._lock:
+            self._pending.extend(rows)
+            waiting = len(self._pending)
+        if self._writer is None:
+            self._start_writer()
+        if waiting >= FLUSH_ROWS:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Write the pending rows now, as one block of JSON lines."""
+        with self._flushing:
+            with self._lock:
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            if self.data_logger is None:
+                self._init_logger()
+            lines = "\n".join(json.dumps(row, default=str) for row in rows)
+            self.data_logger.info(_Lines(lines))
+
+    def _start_writer(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                return
+            self._writer = threading.Thread(
+                target=self._write_forever, name=f"records-{self.name}", daemon=True
+            )
+            self._writer.start()
+        atexit.register(self.flush)
+
+    def _write_forever(self) -> None:
+        while True:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:
+                logging.getLogger("bentoml.serving").exception(
+                    "could not write the %s records", self.name
+                )
+
+
+class _Lines(str):
+    """JSON lines already made (`FileMonitor.flush`), written as they are."""
+
 
 class _JsonLines(logging.Formatter):
     """Each record's dict as one JSON line, as BentoML's JSON formatter writes it."""
 
     def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, _Lines):
+            return record.msg
         return json.dumps(record.msg, default=str)
 
 

@@ -5,23 +5,48 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# The monitors whose columns this process has written once (see `log_columns`).
-_SCHEMA_WRITTEN: set[str] = set()
+from serving.monitors import FileMonitor
+
+# Per monitor whose first record this process wrote: the FileMonitor that takes the rest in
+# bulk, or None for another kind of monitor, which gets every record through `bentoml.monitor`.
+_WRITTEN: dict[str, FileMonitor | None] = {}
 
 
 def log_columns(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) -> None:
     """Rows to the BentoML monitor `name`: column -> (values, role, kind), one value per row.
-    A monitor's first record in a process also writes its schema, and BentoML then warns once
-    per value after a column's first ("Column name ... is duplicated"): that first record is
-    written one row alone, the rest after it."""
+
+    A monitor's first record in a process goes through `bentoml.monitor`, one row alone: it
+    writes the schema (roles and kinds), and BentoML would warn once per value after a column's
+    first ("Column name ... is duplicated"). The rest go to `FileMonitor.add_rows`, written in
+    bulk by the monitor's thread (serving.monitors), or through `bentoml.monitor` again where
+    the configuration names another kind of monitor."""
+    count = len(next(iter(columns.values()))[0])
+    if name not in _WRITTEN:
+        _first_record(name, columns)
+        if count == 1:
+            return
+        columns = {
+            column: (values[1:], role, kind) for column, (values, role, kind) in columns.items()
+        }
+    bulk = _WRITTEN[name]
+    if bulk is not None:
+        bulk.add_rows({column: values for column, (values, _, _) in columns.items()})
+        return
+    _record(name, columns)
+
+
+def _first_record(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) -> None:
+    monitor = _record(
+        name, {column: (values[:1], role, kind) for column, (values, role, kind) in columns.items()}
+    )
+    _WRITTEN[name] = monitor if isinstance(monitor, FileMonitor) else None
+
+
+def _record(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) -> Any:
+    """The rows as one record of `bentoml.monitor(name)`; the monitor."""
     import bentoml
 
-    count = len(next(iter(columns.values()))[0])
-    first = 1 if name not in _SCHEMA_WRITTEN and count > 1 else count
-    for part in (slice(0, first), slice(first, None)):
-        if part.start == count:
-            break
-        with bentoml.monitor(name) as monitor:
-            for column, (values, role, kind) in columns.items():
-                monitor.log_batch(values[part], column, role, kind)
-    _SCHEMA_WRITTEN.add(name)
+    with bentoml.monitor(name) as monitor:
+        for column, (values, role, kind) in columns.items():
+            monitor.log_batch(values, column, role, kind)
+    return monitor

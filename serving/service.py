@@ -88,7 +88,10 @@ class PredictInput(bentoml.IODescriptor):
     monitoring={
         "enabled": True,
         "type": f"{FileMonitor.__module__}.{FileMonitor.__qualname__}",
-        "options": {"log_path": DECLARED.monitor_dir},
+        "options": {
+            "log_path": DECLARED.monitor_dir,
+            "flush_s": DECLARED.monitor_flush_ms / 1000,
+        },
     },
     # BentoML's access log, a line per request: off unless ACCESS_LOG=1 (serving.settings).
     logging={"access": {"enabled": DECLARED.access_log}},

@@ -2,7 +2,8 @@
 
 Four are read when `serving.service` is imported instead (`Declared`), because BentoML takes them
 from the class declaration, and `bentoml build` packs the model the class names: `BENTO_MODEL`,
-`SERVING_WORKERS`, `BATCH_MAX_LATENCY_MS` and `MONITOR_DIR` (the monitoring configuration). A
+`SERVING_WORKERS`, `BATCH_MAX_LATENCY_MS`, `MONITOR_DIR` and `MONITOR_FLUSH_MS` (the monitoring
+configuration). A
 built bento serves the model it packs without being told (`packed_model_tag`).
 """
 
@@ -106,6 +107,8 @@ class Declared:
     batch_max_latency_ms: int = 10_000
     # Where `bentoml.monitor` writes the watch's JSON lines (relative to the server's folder).
     monitor_dir: str = "monitoring"
+    # How often each worker writes its pending prediction records, in one block (serving.monitors).
+    monitor_flush_ms: int = 500
     # BentoML's access log (a line per request: status, size, time, trace id) costs a worker
     # 0.2-0.4 ms of CPU per request, about a tenth of a small one's; the prediction records, the
     # X-BentoML-Request-ID header and /metrics are kept without it. ACCESS_LOG=1 turns it on.
@@ -129,6 +132,7 @@ class Declared:
                 environ, "BATCH_MAX_LATENCY_MS", cls.batch_max_latency_ms
             ),
             monitor_dir=environ.get("MONITOR_DIR") or cls.monitor_dir,
+            monitor_flush_ms=_positive(environ, "MONITOR_FLUSH_MS", cls.monitor_flush_ms),
             access_log=_switch(environ, "ACCESS_LOG", cls.access_log),
             tracing=_switch(environ, "TRACING", cls.tracing),
         )

@@ -71,6 +71,10 @@ def test_monitor_settings_from_the_environment() -> None:
             Settings.from_env({"MONITOR_PIXEL_RATE": bad})
     assert Declared.from_env({}).monitor_dir == "monitoring"
     assert Declared.from_env({"MONITOR_DIR": "/var/log/x"}).monitor_dir == "/var/log/x"
+    assert Declared.from_env({}).monitor_flush_ms == 500
+    assert Declared.from_env({"MONITOR_FLUSH_MS": "100"}).monitor_flush_ms == 100
+    with pytest.raises(ValueError, match="MONITOR_FLUSH_MS must be a positive integer"):
+        Declared.from_env({"MONITOR_FLUSH_MS": "0"})
 
 
 def _predictions(rng: np.random.Generator, count: int, *, shift: float = 0.0, mix=None):
