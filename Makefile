@@ -182,11 +182,17 @@ exp:
 
 # PYTEST_ARGS passes options to pytest (CI: --durations=15, the slowest tests).
 PYTEST_ARGS ?=
+# The tests run side by side in TEST_JOBS pytest-xdist workers (one per core, at most 4; 1: one
+# process, as plain pytest), a test file to a worker at a time and the team tests on one worker
+# (tests/conftest.py): half of a 2-core machine idled while one test waited on a server.
+TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest \
+	$(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadgroup)
 test: npm install docs-assets scale data postgres browser
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(BIN)/ruff format --check .

@@ -18,6 +18,23 @@ from tests.support.workspace import Workspace, init_repository
 pytest_plugins = ["tests.support.strict_skips", "tests.support.leftovers"]
 
 SERVER_START_TIMEOUT = 120.0
+TESTS = Path(__file__).resolve().parent
+# Test folders whose files share session fixtures that cost a minute or more to make (the team
+# stack: PostgreSQL, an mlflow server, a project trained against it): one xdist worker runs them.
+SHARED_SESSION = ("team",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: `-n <cores> --dist loadgroup`) a test file is one unit
+    of work, so its module fixtures are made once, and each folder of SHARED_SESSION is one, so
+    its session fixtures are; those run first, being the longest."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        parts = item.path.relative_to(TESTS).parts
+        group = parts[0] if parts[0] in SHARED_SESSION else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.path.relative_to(TESTS).parts[0] not in SHARED_SESSION)
 
 
 @pytest.fixture(scope="session")
