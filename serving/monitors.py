@@ -13,8 +13,9 @@ BentoML's `bentoml.monitor(...)` context, its per-column `log_batch` and one log
 cost ~0.1 ms of a single-image request, ten times the row's own JSON. `add_rows` only builds the
 rows (with the request's timestamp and ids, as `export_data` adds them); a thread of the
 monitor's writes what is pending as one block of lines every `flush_s` (a monitoring option,
-default `FLUSH_S`), sooner when `FLUSH_ROWS` are waiting, and at the process's exit. A worker
-killed outright loses at most the last `flush_s` of rows.
+default `FLUSH_S`), sooner when `FLUSH_ROWS` are waiting, and at the process's exit; a BentoML
+worker ends without running `atexit`, so the service writes them as it stops (its `on_shutdown`
+hook, serving.records.flush). A worker killed outright loses at most the last `flush_s` of rows.
 """
 
 from __future__ import annotations

@@ -35,6 +35,14 @@ def log_columns(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) ->
     _record(name, columns)
 
 
+def flush() -> None:
+    """Write every monitor's pending rows now: the service calls it as a worker stops, since
+    BentoML's workers end without running `atexit`."""
+    for monitor in _WRITTEN.values():
+        if monitor is not None:
+            monitor.flush()
+
+
 def _first_record(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) -> None:
     monitor = _record(
         name, {column: (values[:1], role, kind) for column, (values, role, kind) in columns.items()}

@@ -25,7 +25,17 @@ import numpy as np
 from bentoml.validators import ContentType
 from pydantic import AfterValidator
 
-from serving import batching, deadline, failfast, pixels_json, preprocess, routes, shadow, spread
+from serving import (
+    batching,
+    deadline,
+    failfast,
+    pixels_json,
+    preprocess,
+    records,
+    routes,
+    shadow,
+    spread,
+)
 from serving.edge import Edge
 from serving.follow import Follower, Served, announce, load_candidate
 from serving.model import ServedModel, served_file, threads_per_worker
@@ -164,6 +174,11 @@ class Classifier:
         served = self.served
         since = datetime.fromtimestamp(served.since, UTC).isoformat(timespec="seconds")
         return served.model.info | {"bento_model": served.tag, "served_since": since}
+
+    @bentoml.on_shutdown
+    def write_pending_records(self) -> None:
+        """The prediction and shadow rows still waiting for their block (serving.monitors)."""
+        records.flush()
 
     @property
     def retention(self) -> Retention:

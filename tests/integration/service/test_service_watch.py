@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from serving import preprocess
 from serving.watch import STATISTICS, input_statistics
+from tests.support import servers
 from tests.support.client import (
     assert_refused,
     drawing_bytes,
@@ -206,3 +207,37 @@ def test_a_real_server_records_requests_and_sampled_pixels(
     assert sorted(row["request_id"] for row in rows) == sorted(named * 2)
     recorded = sorted(tuple(row["pixels"]) for row in rows)
     assert recorded == sorted(tuple(image.ravel().tolist()) for image in images)
+
+
+def all_rows(folder: Path) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted(folder.rglob("data.*.log*"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+@pytest.mark.slow
+def test_rows_still_pending_when_the_service_stops_are_written(shape_store, tmp_path) -> None:
+    """Rows are written in blocks (serving.monitors): with a flush interval longer than the test,
+    all but each worker's first row are still pending when `bentoml serve` is stopped (SIGTERM),
+    and every one of them is in the records afterwards, with its answer's request id."""
+    monitoring = tmp_path / "monitoring"
+    environment = shape_store.environment(
+        SERVING_WORKERS="2", MONITOR_DIR=str(monitoring), MONITOR_FLUSH_MS="600000"
+    )
+    answered = []
+    with servers.bentoml_serve(environment, log=tmp_path / "serve.log") as server:
+        server.wait_ready("/readyz", timeout=120)
+        for label in range(24):
+            reply = httpx.post(
+                f"{server.url}/predict_image",
+                files={"image": image_file(drawing_bytes(label % len(SHAPES)))},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+            answered.append(int(reply.headers["X-BentoML-Request-ID"], 16))
+        time.sleep(1.0)
+        assert len(all_rows(monitoring)) <= 2, "rows were written before the interval"
+    rows = all_rows(monitoring)
+    assert sorted(int(row["request_id"]) for row in rows) == sorted(answered)
