@@ -187,7 +187,7 @@ PYTEST_ARGS ?=
 # (tests/conftest.py): half of a 2-core machine idled while one test waited on a server.
 TEST_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
 PYTEST := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest \
-	$(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadgroup)
+	$(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS))
 test: npm install docs-assets scale data postgres browser
 	$(PYTEST) $(PYTEST_ARGS)
 

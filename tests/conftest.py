@@ -24,16 +24,32 @@ TESTS = Path(__file__).resolve().parent
 SHARED_SESSION = ("team",)
 
 
+def unit_of_work(nodeid: str) -> str:
+    """What one xdist worker runs together: a test's file, or its SHARED_SESSION folder."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[1:2] and parts[1] in SHARED_SESSION else path
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (`make test`: `-n <cores>`), a unit of work (`unit_of_work`) goes to
+    one worker whole, so a file's module fixtures and a shared folder's session fixtures are
+    made once. (`--dist loadgroup` would do it with marks, but pytest-xdist 3.8 names the group
+    through `item._nodeid`, which pytest 9 no longer reads: the groups were silently split.)
+    An explicit `--dist` other than the default keeps its own scheduling."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnitOfWork(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of_work(nodeid)
+
+    return ByUnitOfWork(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`: `-n <cores> --dist loadgroup`) a test file is one unit
-    of work, so its module fixtures are made once, and each folder of SHARED_SESSION is one, so
-    its session fixtures are; those run first, being the longest."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        parts = item.path.relative_to(TESTS).parts
-        group = parts[0] if parts[0] in SHARED_SESSION else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
+    """The SHARED_SESSION folders' tests first: the longest units of work start first."""
     items.sort(key=lambda item: item.path.relative_to(TESTS).parts[0] not in SHARED_SESSION)
 
 
