@@ -18,20 +18,10 @@ from tests.support.workspace import Workspace, init_repository
 pytest_plugins = ["tests.support.strict_skips", "tests.support.leftovers"]
 
 SERVER_START_TIMEOUT = 120.0
+TESTS = Path(__file__).resolve().parent
 # Test folders whose files share session fixtures that cost a minute or more to make (the team
 # stack: PostgreSQL, an mlflow server, a project trained against it): one xdist worker runs them.
 SHARED_SESSION = ("team",)
-# The longest units of work, longest first (CI's --durations, 2 cores): they start first, so that
-# none is left to run alone at the end while the other workers idle.
-LONGEST = (
-    "tests/team",
-    "tests/integration/test_follow_load.py",
-    "tests/integration/test_sweep_cluster.py",
-    "tests/e2e/test_experiments.py",
-    "tests/integration/service/test_service_soak.py",
-    "tests/e2e/test_end_to_end.py",
-    "tests/integration/service/test_service_spread.py",
-)
 
 
 def unit_of_work(nodeid: str) -> str:
@@ -44,10 +34,9 @@ def unit_of_work(nodeid: str) -> str:
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist (`make test`: `-n <cores>`), a unit of work (`unit_of_work`) goes to
     one worker whole, so a file's module fixtures and a shared folder's session fixtures are
-    made once, in the order collected (`pytest_collection_modifyitems`), not by test count.
-    (`--dist loadgroup` would group with marks, but pytest-xdist 3.8 names the group through
-    `item._nodeid`, which pytest 9 no longer reads, so the groups were silently split:
-    pytest-xdist issue 1386.) An explicit `--dist` other than the default keeps its own."""
+    made once. (`--dist loadgroup` would do it with marks, but pytest-xdist 3.8 names the group
+    through `item._nodeid`, which pytest 9 no longer reads: the groups were silently split.)
+    An explicit `--dist` other than the default keeps its own scheduling."""
     if config.getvalue("dist") != "load":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -56,14 +45,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         def _split_scope(self, nodeid: str) -> str:
             return unit_of_work(nodeid)
 
-    config.option.loadscopereorder = False
     return ByUnitOfWork(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The LONGEST units of work first, longest first; the rest as collected."""
-    rank = {unit: index for index, unit in enumerate(LONGEST)}
-    items.sort(key=lambda item: rank.get(unit_of_work(item.nodeid), len(LONGEST)))
+    """The SHARED_SESSION folders' tests first: the longest units of work start first."""
+    items.sort(key=lambda item: item.path.relative_to(TESTS).parts[0] not in SHARED_SESSION)
 
 
 @pytest.fixture(scope="session")
