@@ -18,7 +18,6 @@ from tests.support.workspace import Workspace, init_repository
 pytest_plugins = ["tests.support.strict_skips", "tests.support.leftovers"]
 
 SERVER_START_TIMEOUT = 120.0
-TESTS = Path(__file__).resolve().parent
 # Test folders whose files share session fixtures that cost a minute or more to make (the team
 # stack: PostgreSQL, an mlflow server, a project trained against it): one xdist worker runs them.
 SHARED_SESSION = ("team",)
@@ -34,8 +33,9 @@ def unit_of_work(nodeid: str) -> str:
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist (`make test`: `-n <cores>`), a unit of work (`unit_of_work`) goes to
     one worker whole, so a file's module fixtures and a shared folder's session fixtures are
-    made once. (`--dist loadgroup` would do it with marks, but pytest-xdist 3.8 names the group
-    through `item._nodeid`, which pytest 9 no longer reads: the groups were silently split.)
+    made once; xdist hands out the units with the most tests first. (`--dist loadgroup` would
+    group with marks, but pytest-xdist 3.8 names the group through `item._nodeid`, which
+    pytest 9 no longer reads: the groups were silently split, pytest-xdist issue 1386.)
     An explicit `--dist` other than the default keeps its own scheduling."""
     if config.getvalue("dist") != "load":
         return None
@@ -46,11 +46,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return unit_of_work(nodeid)
 
     return ByUnitOfWork(config, log)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The SHARED_SESSION folders' tests first: the longest units of work start first."""
-    items.sort(key=lambda item: item.path.relative_to(TESTS).parts[0] not in SHARED_SESSION)
 
 
 @pytest.fixture(scope="session")
