@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import serve_driver, serve_payloads, serve_servers, serve_workers
 from bench.serve_load import ROOT, model_name, resolve_model
-from tests.support import servers
 
 WORKERS = 2
 FIGURES = ("requests_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
@@ -79,11 +78,15 @@ def one_run(arm: str, code: Path, extra: dict[str, str], args: argparse.Namespac
         }
         | extra,
     )
-    port = servers.free_port()
-    command = servers.bentoml_command(port, serve_servers.SERVICE)
-    server = servers.start(arm, command, port=port, log=folder / "bentoml.log", env=env, cwd=code)
+    server = serve_servers.start_ours(
+        service=serve_servers.SERVICE,
+        env=env,
+        log_dir=folder,
+        ready_timeout=180.0,
+        name=arm,
+        cwd=code,
+    )
     try:
-        server.wait_ready("/readyz", timeout=180.0)
         serve_workers.all_accepting(server.url, WORKERS, timeout_s=60.0)
         (cell,) = serve_driver.measure(
             arm,

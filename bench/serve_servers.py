@@ -34,12 +34,20 @@ def server_env(*, bentoml_home: str, tracking_uri: str, extra: dict[str, str]) -
 
 
 def start_ours(
-    *, service: str, env: dict[str, str], log_dir: Path, ready_timeout: float
+    *,
+    service: str,
+    env: dict[str, str],
+    log_dir: Path,
+    ready_timeout: float,
+    name: str = "ours",
+    cwd: Path = servers.REPO_ROOT,
 ) -> servers.Server:
-    """`bentoml serve <service>` on a free port, waited for until /readyz answers."""
+    """`bentoml serve <service>` from `cwd` (the code to serve) on a free port, waited for until
+    /readyz answers."""
     port = servers.free_port()
     command = servers.bentoml_command(port, service)
-    server = servers.start("ours", command, port=port, log=log_dir / "bentoml.log", env=env)
+    log = log_dir / "bentoml.log"
+    server = servers.start(name, command, port=port, log=log, env=env, cwd=cwd)
     return _ready(server, "/readyz", ready_timeout)
 
 
