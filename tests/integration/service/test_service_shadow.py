@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import pytest
 
+from serving.shadow import MONITOR_NAME
+from serving.tools.shadow import read_rows
 from tests.support import bento, servers, shapes
 from tests.support.client import drawing_bytes, image_file, oip_json
 
@@ -98,9 +100,25 @@ def wait_for_count(url: str, total: int, timeout: float = 20) -> dict[str, float
         time.sleep(0.2)
 
 
+def wait_for_rows(monitor: Path, total: int, timeout: float = 20) -> int:
+    """How many shadow rows the records hold, once they hold `total` (each worker writes its
+    pending rows as a block every MONITOR_FLUSH_MS, so the records lag the counters a little)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = (
+            sum(map(len, read_rows(monitor)[0].values()))
+            if (monitor / MONITOR_NAME).is_dir()
+            else 0
+        )
+        if rows >= total or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
 def test_the_shadow_answers_beside_the_champion_and_is_counted(shadowed: Shadowed, tmp_path):
     sent = send_requests(shadowed.url)
     counts = wait_for_count(shadowed.url, sent)
+    assert wait_for_rows(shadowed.monitor, sent) == sent
     assert counts.get("skipped", 0) == 0
     assert counts.get("same", 0) + counts.get("different", 0) == sent, counts
     # The untrained shadow disagrees on some images: both outcomes are counted.
