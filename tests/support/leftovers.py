@@ -5,7 +5,8 @@ inherits: servers, DVC's detached queue workers, Ray's daemons, Chromium. Proces
 their parent (daemons) or their session keep it. At the end, whatever still carries the marker,
 but for this process, is listed, ended (SIGTERM, then SIGKILL) and reported, and the session
 fails. Processes started with an environment of their own (not copied from this one) escape it;
-multiprocessing's helpers of this very process (its resource tracker) are not leftovers.
+multiprocessing's helpers of this very process (its resource tracker) are not leftovers, and a
+helper whose owner has just ended (an xdist worker's tracker) gets GRACE seconds to exit with it.
 """
 
 from __future__ import annotations
@@ -76,14 +77,26 @@ def marked_processes(marker: str) -> dict[int, str]:
     return found
 
 
+def is_helper(command: str) -> bool:
+    return any(helper in command for helper in OWN_HELPERS)
+
+
+def settled(marker: str) -> dict[int, str]:
+    """The marked processes, once multiprocessing's helpers among them have had GRACE seconds to
+    exit: a helper ends when its owner does (on its pipe's end of file), a moment later, so one
+    of an xdist worker that has just exited is still running when the session finishes."""
+    deadline = time.monotonic() + GRACE
+    left = marked_processes(marker)
+    while any(map(is_helper, left.values())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = marked_processes(marker)
+    return left
+
+
 def own_helper(entry: Path, command: str) -> bool:
     """Whether the process is a multiprocessing helper of this process (`OWN_HELPERS`)."""
     fields = stat_fields(entry.name)
-    return (
-        fields is not None
-        and int(fields[1]) == os.getpid()
-        and any(helper in command for helper in OWN_HELPERS)
-    )
+    return fields is not None and int(fields[1]) == os.getpid() and is_helper(command)
 
 
 def ancestors(pid: int) -> set[int]:
@@ -125,7 +138,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not session.config.stash.get(_OWNER, False):
         return
     reap_children()
-    left = marked_processes(os.environ[MARKER])
+    left = settled(os.environ[MARKER])
     if not left:
         return
     end(list(left))

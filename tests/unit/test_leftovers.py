@@ -40,6 +40,23 @@ def test_starts_the_session_s_own_resource_tracker():
 """
 
 
+# A helper of Python's multiprocessing (its command line) whose owner has ended: it exits on its
+# own a moment later, as an xdist worker's resource tracker does after the worker.
+ORPHAN_HELPER = """
+import subprocess, sys
+
+HELPER = "from multiprocessing.resource_tracker import main; import time; time.sleep({seconds})"
+OWNER = (
+    "import subprocess, sys; subprocess.Popen([sys.executable, '-c', sys.argv[1]],"
+    " start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,"
+    " stderr=subprocess.DEVNULL)"
+)
+
+def test_a_helper_outlives_its_owner_by_a_moment():
+    subprocess.run([sys.executable, "-c", OWNER, HELPER], check=True)
+"""
+
+
 def run_session(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     return nested.run_tests(
         tmp_path, source, plugin="tests.support.leftovers", without=leftovers.MARKER
@@ -64,3 +81,18 @@ def test_a_session_that_ends_its_processes_passes(tmp_path) -> None:
     result = run_session(tmp_path, CLEAN)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "processes left behind" not in result.stdout
+
+
+def test_a_helper_that_exits_soon_after_its_owner_is_not_left_behind(tmp_path) -> None:
+    result = run_session(tmp_path, ORPHAN_HELPER.replace("{seconds}", "1.5"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "processes left behind" not in result.stdout
+
+
+def test_a_helper_that_does_not_exit_is_left_behind(tmp_path) -> None:
+    result = run_session(tmp_path, ORPHAN_HELPER.replace("{seconds}", "300"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "processes left behind" in result.stdout
+    assert "multiprocessing.resource_tracker import main; import time; time.sleep(300)" in (
+        result.stdout
+    )
