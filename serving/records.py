@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from serving.monitors import FileMonitor
 
 # Per monitor whose first record this process wrote: the FileMonitor that takes the rest in
 # bulk, or None for another kind of monitor, which gets every record through `bentoml.monitor`.
 _WRITTEN: dict[str, FileMonitor | None] = {}
+
+Item = TypeVar("Item")
+Typed = Mapping[str, tuple[list[Any], str, str]]
 
 
 def log_columns(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) -> None:
@@ -33,6 +37,29 @@ def log_columns(name: str, columns: Mapping[str, tuple[list[Any], str, str]]) ->
         bulk.add_rows({column: values for column, (values, _, _) in columns.items()})
         return
     _record(name, columns)
+
+
+def log_later(name: str, make: Callable[[list[Item]], Typed], item: Item, count: int) -> None:
+    """`count` rows to the monitor `name` that `make([item])` gives (column -> (values, role,
+    kind)). Where the rows go in bulk (a FileMonitor after its first record), `make` runs in its
+    writer thread, once for every pending item it makes; `item` must not change after the call.
+    Otherwise the rows are made now and go as `log_columns`."""
+    bulk = _WRITTEN.get(name)
+    if bulk is None:
+        log_columns(name, make([item]))
+        return
+    bulk.add_later(_untyped(make), item, count)
+
+
+@functools.cache
+def _untyped(make: Callable[[list[Item]], Typed]) -> Callable[[list[Item]], dict[str, list[Any]]]:
+    """`make` without the roles and kinds; one function per `make`, so that the writer thread
+    sees consecutive items of the same `make` as one run."""
+
+    def untyped(items: list[Item]) -> dict[str, list[Any]]:
+        return {column: values for column, (values, _, _) in make(items).items()}
+
+    return untyped
 
 
 def flush() -> None:

@@ -20,12 +20,12 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from serving import preprocess
-from serving.records import log_columns
+from serving.records import log_later
 from serving.retention import Pruner
 from serving.shadow import Shadow
 
@@ -88,6 +88,17 @@ def _metrics() -> tuple[Any, Any]:
         buckets=CONFIDENCE_BUCKETS,
     )
     return predictions, confidence
+
+
+class Answered(NamedTuple):
+    """What one call answered, as the watch keeps it until its rows are made: the model inputs
+    (N, 28, 28), the answered classes' probabilities and the classes, and the version."""
+
+    endpoint: str
+    images: np.ndarray
+    confidence: np.ndarray
+    labels: np.ndarray
+    model_version: str
 
 
 @dataclass
@@ -165,16 +176,24 @@ class Watch:
         model_version: str | None = None,
     ) -> dict[str, tuple[list[Any], str, str]]:
         """The monitor's columns for these answers: name -> (values, role, kind)."""
-        confidence = probabilities.max(axis=1).astype(np.float64)
-        count = len(labels)
+        confidence = probabilities.max(axis=1)
+        version = model_version or self.model_version
+        return self.columns_of([Answered(endpoint, images, confidence, labels, version)])
+
+    def columns_of(self, answers: list[Answered]) -> dict[str, tuple[list[Any], str, str]]:
+        """`columns` of several answers at once, in order (the monitor's writer thread makes a
+        block's rows with one call, serving.records.log_later)."""
+        images = np.concatenate([answer.images for answer in answers])
+        labels = np.concatenate([answer.labels for answer in answers]).astype(int)
+        confidence = np.concatenate([answer.confidence for answer in answers]).astype(np.float64)
+
+        def each(field: str) -> list[Any]:
+            return [getattr(a, field) for a in answers for _ in range(len(a.labels))]
+
         columns: dict[str, tuple[list[Any], str, str]] = {
-            "endpoint": ([endpoint] * count, "feature", "categorical"),
-            "model_name": ([self.model_name] * count, "feature", "categorical"),
-            "model_version": (
-                [model_version or self.model_version] * count,
-                "feature",
-                "categorical",
-            ),
+            "endpoint": (each("endpoint"), "feature", "categorical"),
+            "model_name": ([self.model_name] * len(labels), "feature", "categorical"),
+            "model_version": (each("model_version"), "feature", "categorical"),
             "label": (labels.tolist(), "prediction", "categorical"),
             "class_name": (
                 [self.class_names[label] for label in labels],
@@ -198,9 +217,14 @@ class Watch:
         labels: np.ndarray,
         model_version: str | None,
     ) -> None:
-        columns = self.columns(endpoint, images, probabilities, labels, model_version)
-        log_columns(MONITOR_NAME, columns)
-        confidence, _, _ = columns["confidence"]
+        """The rows are made later, a block of requests at once (`columns_of`); the counters
+        now."""
+        if not len(images) == len(probabilities) == len(labels) or np.ndim(images) != 3:
+            raise ValueError(f"{len(labels)} label(s) for images of shape {np.shape(images)}")
+        confidence = probabilities.max(axis=1)
+        version = model_version or self.model_version
+        answered = Answered(endpoint, images, confidence, labels, version)
+        log_later(MONITOR_NAME, self.columns_of, answered, len(labels))
         self._count(endpoint, labels, confidence)
 
     def _sampled_pixels(self, images: np.ndarray) -> list[list[int] | None]:
@@ -211,13 +235,13 @@ class Watch:
         pixels = np.rint(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8).reshape(len(images), -1)
         return [row.tolist() if keep else None for row, keep in zip(pixels, chosen, strict=True)]
 
-    def _count(self, endpoint: str, labels: np.ndarray, confidence: list[float]) -> None:
+    def _count(self, endpoint: str, labels: np.ndarray, confidence: np.ndarray) -> None:
         predictions, histogram = _metrics()
         for label, count in enumerate(np.bincount(labels, minlength=len(self.class_names))):
             if count:
                 predictions.labels(endpoint, self.class_names[label]).inc(int(count))
         observed = histogram.labels(endpoint)
-        for value in confidence:
+        for value in confidence.tolist():
             observed.observe(value)
 
 

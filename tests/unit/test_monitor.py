@@ -13,7 +13,7 @@ import pytest
 from pipeline import config
 from serving.settings import Declared, Settings
 from serving.tools import drift, monitor
-from serving.watch import STATISTICS, Watch, input_statistics, predict_answers
+from serving.watch import STATISTICS, Answered, Watch, input_statistics, predict_answers
 
 CLASSES = ("a", "b", "c", "d")
 
@@ -56,6 +56,42 @@ def test_a_predict_row_keeps_the_answered_class_when_rounding_ties_the_probabili
     columns = Watch("m", "1", CLASSES).columns("predict", images, probabilities, labels)
     assert columns["label"][0] == [1] and columns["class_name"][0] == ["b"]
     assert columns["confidence"][0] == [0.5]
+
+
+def test_the_columns_of_several_answers_at_once_are_each_answer_s_in_turn() -> None:
+    """The writer thread makes a block's rows with one call (`Watch.columns_of`): the same rows
+    as each answer's own columns, one after the other, each with its endpoint and version."""
+    rng = np.random.default_rng(3)
+    watch = Watch("m", "1", CLASSES, pixel_rate=1.0)
+    calls = []
+    for endpoint, count, version in (
+        ("predict_image", 1, None),
+        ("predict", 3, "2"),
+        ("oip", 2, None),
+    ):
+        images = rng.random((count, 28, 28)).astype(np.float32)
+        probabilities = rng.dirichlet(np.ones(len(CLASSES)), count).astype(np.float32)
+        calls.append((endpoint, images, probabilities, probabilities.argmax(axis=1), version))
+    together = watch.columns_of(
+        [
+            Answered(endpoint, images, p.max(axis=1), labels, version or "1")
+            for endpoint, images, p, labels, version in calls
+        ]
+    )
+    one_by_one = [watch.columns(*call) for call in calls]
+    assert list(together) == list(one_by_one[0])
+    for name, (values, role, kind) in together.items():
+        assert values == [value for columns in one_by_one for value in columns[name][0]], name
+        assert (role, kind) == one_by_one[0][name][1:]
+    assert together["endpoint"][0] == [
+        "predict_image",
+        "predict",
+        "predict",
+        "predict",
+        "oip",
+        "oip",
+    ]
+    assert together["model_version"][0] == ["1", "2", "2", "2", "1", "1"]
 
 
 def test_a_predict_body_for_other_pixels_is_not_recorded() -> None:

@@ -98,3 +98,51 @@ def test_pending_rows_are_written_when_the_process_exits(tmp_path) -> None:
     )
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
     assert [row["value"] for row in data_rows(tmp_path)] == [0, 1, 2, 3, 4]
+
+
+class Squares:
+    """A `make` for `add_later` that counts its calls: item n gives the rows n*n and -n*n."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> dict[str, list[int]]:
+        self.calls.append(items)
+        if any(item < 0 for item in items):
+            raise ValueError("no rows for a negative item")
+        return {"value": [row for item in items for row in (item * item, -item * item)]}
+
+
+def test_rows_made_later_are_made_once_per_run_in_order_with_each_request_s_id(tmp_path) -> None:
+    monitor = FileMonitor("predictions", log_path=str(tmp_path), flush_s=600)
+    write(monitor, -1)
+    squares = Squares()
+
+    def request(request_id: int, item: int) -> None:
+        trace_context.request_id = request_id
+        monitor.add_later(squares, item, 2)
+
+    for item in (1, 2, 3):
+        contextvars.copy_context().run(request, 100 + item, item)
+    monitor.add_rows({"value": [7]})  # another kind of entry ends the run
+    for item in (4, 5):
+        contextvars.copy_context().run(request, 100 + item, item)
+    assert squares.calls == []  # nothing is made on the request's path
+    monitor.flush()
+    assert squares.calls == [[1, 2, 3], [4, 5]]
+    rows = data_rows(tmp_path)
+    assert [row["value"] for row in rows] == [-1, 1, -1, 4, -4, 9, -9, 7, 16, -16, 25, -25]
+    ids = [row["request_id"] for row in rows[1:7]] + [row["request_id"] for row in rows[8:]]
+    assert ids == ["101", "101", "102", "102", "103", "103", "104", "104", "105", "105"]
+
+
+def test_an_item_whose_rows_cannot_be_made_loses_only_its_own(tmp_path, caplog) -> None:
+    monitor = FileMonitor("predictions", log_path=str(tmp_path), flush_s=600)
+    write(monitor, -1)
+    squares = Squares()
+    for item in (1, -2, 3):
+        monitor.add_later(squares, item, 2)
+    with caplog.at_level(logging.ERROR, logger="bentoml.serving"):
+        monitor.flush()
+    assert [row["value"] for row in data_rows(tmp_path)] == [-1, 1, -1, 9, -9]
+    assert "could not make 2 predictions record(s)" in caplog.text
