@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     champion = resolve_model(model_name(args), "champion")
     args.model_tag, args.tracking_uri = champion.bento_tag, champion.tracking_uri
     images, _, source = serve_payloads.load_images(args.data, 1)
-    form = f"multipart/form-data; boundary={serve_payloads.MULTIPART_BOUNDARY}"
-    body = serve_payloads.multipart("image", [serve_payloads.png_bytes(images[0])])
-    args.request = serve_driver.Request("/predict_image", body, form, 1)
+    args.request = serve_payloads.single_image_request(serve_payloads.png_bytes(images[0]))
     args.log_dir = Path(tempfile.mkdtemp(prefix="serve_ab-logs-"))
     arms = {"base": settings(args.base_env), "head": settings(args.head_env)}
     print(f"# A/B: base {args.base or 'this tree'} {arms['base']} against head this tree")

@@ -172,6 +172,12 @@ def single_uploads(images: np.ndarray) -> dict[str, bytes]:
     return {"single": png, "photo": photo_like_png(images[0]), "image_raw": png}
 
 
+def single_image_request(png: bytes, field_name: str = "image") -> Request:
+    """POST /predict_image with one PNG as a multipart upload under `field_name`."""
+    form = f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"
+    return Request("/predict_image", multipart(field_name, [png]), form, 1)
+
+
 def ours_requests(images: np.ndarray, *, model_name: str, upload_batch: int) -> dict[str, Request]:
     """Every kind of ours: single images are the first test image, batches all of `images`."""
     pixels = to_uint8(images)
@@ -181,8 +187,8 @@ def ours_requests(images: np.ndarray, *, model_name: str, upload_batch: int) -> 
     batch = json.dumps({"pixels": pixels.tolist()}, separators=(",", ":")).encode()
     return {
         FLOOR: Request("/livez", b"", "text/plain", 0, method="GET"),
-        "single": Request("/predict_image", multipart("image", [single["single"]]), form, 1),
-        "photo": Request("/predict_image", multipart("image", [single["photo"]]), form, 1),
+        "single": single_image_request(single["single"]),
+        "photo": single_image_request(single["photo"]),
         "image_raw": Request("/predict_image", single["image_raw"], "image/png", 1),
         "images": Request("/predict_images", multipart("images", uploads), form, len(uploads)),
         "batch": Request("/predict", batch, "application/json", len(images)),

@@ -178,11 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- shadow: {shadow_tag} ({shadow_alias})")
     args.tracking_uri = champion.tracking_uri
     images, _, source = serve_payloads.load_images(args.data, 1)
-    png = serve_payloads.png_bytes(images[0])
-    form = f"multipart/form-data; boundary={serve_payloads.MULTIPART_BOUNDARY}"
-    args.request = serve_driver.Request(
-        "/predict_image", serve_payloads.multipart("image", [png]), form, 1
-    )
+    args.request = serve_payloads.single_image_request(serve_payloads.png_bytes(images[0]))
     print(f"- request: one 28x28 PNG from {source}\n")
     log_dir = Path(tempfile.mkdtemp(prefix="shadow_cost-"))
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}

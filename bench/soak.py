@@ -94,16 +94,14 @@ def payloads(images: np.ndarray, batch_size: int) -> dict[str, list[Request]]:
     """Pre-encoded requests: good single images, bad requests, the batch."""
     form = f"multipart/form-data; boundary={serve_payloads.MULTIPART_BOUNDARY}"
     pngs = [serve_payloads.png_bytes(image) for image in images[:64]]
-    good = [
-        Request("/predict_image", serve_payloads.multipart("image", [png]), form, 1) for png in pngs
-    ]
+    good = [serve_payloads.single_image_request(png) for png in pngs]
     text_part = (
         f"--{serve_payloads.MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data;"
         f' name="image"\r\n\r\nhttp://example.com/a.png\r\n--{serve_payloads.MULTIPART_BOUNDARY}--\r\n'
     ).encode()
     bad = [
         Request("/predict_image", b"not an image at all" * 10, "image/png", 1),
-        Request("/predict_image", serve_payloads.multipart("picture", pngs[:1]), form, 1),
+        serve_payloads.single_image_request(pngs[0], field_name="picture"),
         Request("/predict_image", text_part, form, 1),
         Request("/predict_image", b'{"image": 1}', "application/json", 1),
         Request("/predict", b'{"pixels": [[1, 2], [3]]}', "application/json", 1),
