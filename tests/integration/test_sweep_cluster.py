@@ -72,8 +72,16 @@ def runs_on(client, address: str) -> list:
     )
 
 
+def epochs_left(client, run_id: str) -> bool:
+    """Whether the trial has an epoch still to train: one whose last epoch is logged may end,
+    and tell the server so, between the look and the cut (it did in a run with three test
+    workers on two cores)."""
+    return len(client.get_metric_history(run_id, "val_accuracy")) < EPOCHS
+
+
 def wait_to_cut(client, hosts, driver: subprocess.Popen, timeout: float = 400) -> str:
-    """Once B finished a trial and is mid-way through another, cut B; the cut trial's run id."""
+    """Once B finished a trial and is mid-way through another (an epoch logged, one to go), cut
+    B; the cut trial's run id."""
     deadline = time.monotonic() + timeout
     while driver.poll() is None and time.monotonic() < deadline:
         runs = runs_on(client, hosts.b.address)
@@ -81,7 +89,9 @@ def wait_to_cut(client, hosts, driver: subprocess.Popen, timeout: float = 400) -
         running = [
             run
             for run in runs
-            if run.info.status == "RUNNING" and run.data.metrics.get("val_accuracy") is not None
+            if run.info.status == "RUNNING"
+            and run.data.metrics.get("val_accuracy") is not None
+            and epochs_left(client, run.info.run_id)
         ]
         if done and running:
             hosts.cut_b()
