@@ -6,7 +6,7 @@ goes to a file instead. Workers exit by themselves once the queue is empty, but 
 monitor can read a busy worker's missed reply as "nothing running" and send a shutdown that never
 takes effect; such a worker then sleeps for good after its last experiment. `end_workers` asks
 them to stop (`dvc queue stop`) and ends what is left by the pid DVC records for each worker
-(`.dvc/tmp/exps/celery/<worker>/<worker>.json`, its log beside it as `<worker>.out`).
+(`.dvc/tmp/exps/celery/<worker>.json`, its log beside it as `<worker>.out`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def detached(
 def workers(root: Path) -> list[Worker]:
     """Every worker DVC has recorded in the project at `root` (running or not)."""
     found = []
-    for info in sorted((root / WORKERS_DIR).glob("*/*.json")):
+    for info in sorted((root / WORKERS_DIR).glob("*.json")):
         with contextlib.suppress(OSError, ValueError, KeyError):
             pid = int(json.loads(info.read_text())["pid"])
             found.append(Worker(info.stem, pid, info.with_suffix(".out")))
@@ -112,3 +112,54 @@ def report(stuck: list[Worker]) -> str:
         f"finished; ended by pid. Its log ends:\n{worker.log_tail()}"
         for worker in stuck
     )
+
+
+# `dvc queue status` costs ~2 s of CPU (a DVC process); git refs are read in milliseconds.
+STATUS_EVERY_S = 30.0
+REFS_EVERY_S = 1.0
+
+
+def finished_refs(root: Path) -> tuple[set[str], bool]:
+    """The names of the experiments whose results DVC has committed (`refs/exps/<xx>/<sha>/<name>`)
+    and whether any queued experiment has failed (DVC keeps those in `refs/exps/celery/failed`)."""
+    listed = subprocess.run(
+        ["git", "for-each-ref", "--format=%(refname)", "refs/exps"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    names = {ref.split("/")[-1] for ref in listed if len(ref.split("/")) == 5}
+    return names, "refs/exps/celery/failed" in listed
+
+
+def wait_until_done(root: Path, env: Mapping[str, str], names: list[str], timeout: float) -> str:
+    """`dvc queue status` once nothing is queued or running. It is asked when the git refs say
+    every one of `names` has finished or one has failed, and every STATUS_EVERY_S seconds in any
+    case; in between only the refs are read, so that the waiting does not take CPU from the
+    experiments. AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    asked = float("-inf")
+    while True:
+        done, failed = finished_refs(root)
+        if failed or done >= set(names) or time.monotonic() - asked >= STATUS_EVERY_S:
+            asked = time.monotonic()
+            status = _status(root, env)
+            if "Queued" not in status and "Running" not in status:
+                return status
+        assert time.monotonic() < deadline, f"queue not done after {timeout:.0f} s:\n{status}"
+        time.sleep(REFS_EVERY_S)
+
+
+def _status(root: Path, env: Mapping[str, str]) -> str:
+    result = subprocess.run(
+        [str(BIN_DIR / "dvc"), "queue", "status"],
+        cwd=root,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"dvc queue status exited {result.returncode}:\n{result.stderr}"
+    return result.stdout

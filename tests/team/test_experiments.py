@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 
 import pytest
 
@@ -41,7 +40,7 @@ def queue_experiments(trained: Project) -> dict[str, str]:
         dvc_queue.detached(
             trained.root, "queue", "start", "-j", str(len(names)), env=trained.env, log=log
         )
-        status = wait_for_the_queue(trained)
+        status = dvc_queue.wait_until_done(trained.root, trained.env, names, QUEUE_TIMEOUT)
     except BaseException:
         # Workers would otherwise go on training and writing to the store after the test failed.
         with contextlib.suppress(Exception):
@@ -51,22 +50,14 @@ def queue_experiments(trained: Project) -> dict[str, str]:
         stuck = dvc_queue.end_workers(trained.root, trained.env, log=log)
         if stuck:
             print(dvc_queue.report(stuck))
+    recorded = dvc_queue.workers(trained.root)
+    assert len(recorded) == len(names), f"DVC recorded workers {recorded}"
+    assert not [worker for worker in recorded if worker.alive()], "workers left running"
     logs = {name: trained.run("dvc", "queue", "logs", name).stdout for name in names}
     for name in names:
         row = next((line for line in status.splitlines() if name in line), "")
         assert "Success" in row, f"experiment {name}: {row!r}\n{status}\n{logs[name][-4000:]}"
     return logs
-
-
-def wait_for_the_queue(trained: Project) -> str:
-    """`dvc queue status` once nothing is queued or running."""
-    deadline = time.monotonic() + QUEUE_TIMEOUT
-    while True:
-        status = trained.run("dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        assert time.monotonic() < deadline, f"queue not done after {QUEUE_TIMEOUT:.0f} s:\n{status}"
-        time.sleep(2)
 
 
 def experiment_runs(client, name: str) -> list:
