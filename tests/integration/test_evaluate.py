@@ -28,7 +28,7 @@ from pipeline import contracts, tracking
 from pipeline.champion import handoff, registry, scoring
 from pipeline.model import calibration, onnx_export
 from pipeline.stages import evaluate, train
-from tests.support import synthetic
+from tests.support import store_peek, synthetic
 from tests.support.registry import NAME, Registry
 from tests.support.workspace import DATASET, Workspace, write_params
 
@@ -344,7 +344,7 @@ def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
         command, cwd=root, env=environment, stderr=subprocess.PIPE, text=True
     )
     try:
-        wait_until_resumed(client, run_id, process)
+        wait_until_resumed(sqlite_store, run_id, process)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -358,14 +358,17 @@ def test_a_stop_while_the_calibrated_model_is_logged_leaves_the_run_finished(
         assert not (root / output).exists(), output
 
 
-def wait_until_resumed(client, run_id: str, process: subprocess.Popen, *, timeout: float = 120):
+def wait_until_resumed(
+    tracking_uri: str, run_id: str, process: subprocess.Popen, *, timeout: float = 120
+):
     """Return once the finished run `run_id` is RUNNING again (evaluate logging into it)."""
+    query = "SELECT status FROM runs WHERE run_uuid = ?"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, (
             "evaluate ended before resuming the run:\n" + (process.stderr.read()[-2000:])
         )
-        if client.get_run(run_id).info.status == "RUNNING":
+        if store_peek.first_row(tracking_uri, query, run_id) == ("RUNNING",):
             return
         time.sleep(0.02)
     raise AssertionError(f"run {run_id} was not resumed within {timeout} s")

@@ -18,6 +18,7 @@ import pytest
 
 from pipeline import contracts
 from tests.integration.test_evaluate import REPO, stage_argv, trained_mlp
+from tests.support import store_peek
 from tests.support.workspace import Workspace
 
 OUTPUTS = ("models/champion.json", "metrics/evaluate.json", "plots/evaluate")
@@ -70,8 +71,10 @@ class Stage:
         return "".join(self.lines)
 
 
-def registered(client) -> bool:
-    return any(client.search_model_versions(f"name = '{NAME}'"))
+def registered(tracking_uri: str) -> bool:
+    """Whether the registered model has a version (asked every 10 ms while evaluate runs)."""
+    query = "SELECT 1 FROM model_versions WHERE name = ? LIMIT 1"
+    return store_peek.first_row(tracking_uri, query, NAME) is not None
 
 
 @pytest.mark.slow
@@ -98,7 +101,7 @@ def test_a_stop_anywhere_in_evaluate_leaves_runs_and_outputs_whole(
         # The variant scored; its results are being logged to its run.
         "scored": lambda: stage.line(r"^mlp: val_accuracy"),
         # The version exists: the stage is registering or writing its outputs.
-        "registering": lambda: registered(client),
+        "registering": lambda: registered(sqlite_store),
     }[point]
     stage.wait_for(ready, point)
     code = stage.stop(signum)
