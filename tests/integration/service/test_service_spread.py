@@ -35,6 +35,9 @@ WORKERS = 2
 # cores shared with a load average of 6, as little as 22%.
 MIN_CONNECTIONS = 2
 MIN_SHARE = 0.1
+# The pools that must have had all their connections open halfway, and so be judged (issue 37:
+# at least 20).
+MIN_JUDGED = 20
 
 
 def photo_like_png() -> bytes:
@@ -122,9 +125,15 @@ def test_fresh_pools_of_keep_alive_connections_reach_both_workers(spread_served)
     for answered, _, served_by in pools:
         # The counts are the server's own: every answer is in them (and the scrapes, at most 3).
         assert answered <= sum(served_by) <= answered + 3, lines
+    # A pool whose connections were not all open halfway met a stalled machine (seen once in CI
+    # with a training beside it: 8 answers, 4 of the 8 connections open): it cannot show how
+    # connections split. At least MIN_JUDGED of the pools must show it.
+    judged = [index for index, (_, held, _) in enumerate(pools) if sum(held) >= CONNECTIONS]
+    assert len(judged) >= MIN_JUDGED, f"{len(judged)} pools had every connection open:\n{lines}"
     lopsided = [
         index
-        for index, (_, held, served_by) in enumerate(pools)
-        if min(held) < MIN_CONNECTIONS or min(served_by) < MIN_SHARE * sum(served_by)
+        for index in judged
+        if min(pools[index][1]) < MIN_CONNECTIONS
+        or min(pools[index][2]) < MIN_SHARE * sum(pools[index][2])
     ]
     assert lopsided == [], f"pools {lopsided} were served mostly by one worker:\n{lines}"
