@@ -92,7 +92,7 @@ def _metrics() -> tuple[Any, Any]:
 
 class Answered(NamedTuple):
     """What one call answered, as the watch keeps it until its rows are made: the model inputs
-    (N, 28, 28), the answered classes' probabilities and the classes, and the version."""
+    (N, 28, 28), each answered class's probability and the classes, and the version."""
 
     endpoint: str
     images: np.ndarray
