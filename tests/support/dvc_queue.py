@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import leftovers
+from tests.support import leftovers, project
 from tests.support.project import BIN_DIR
 
 WORKERS_DIR = Path(".dvc") / "tmp" / "exps" / "celery"
@@ -145,21 +145,8 @@ def wait_until_done(root: Path, env: Mapping[str, str], names: list[str], timeou
         done, failed = finished_refs(root)
         if failed or done >= set(names) or time.monotonic() - asked >= STATUS_EVERY_S:
             asked = time.monotonic()
-            status = _status(root, env)
+            status = project.run(root, "dvc", "queue", "status", env=env, timeout=120).stdout
             if "Queued" not in status and "Running" not in status:
                 return status
         assert time.monotonic() < deadline, f"queue not done after {timeout:.0f} s:\n{status}"
         time.sleep(REFS_EVERY_S)
-
-
-def _status(root: Path, env: Mapping[str, str]) -> str:
-    result = subprocess.run(
-        [str(BIN_DIR / "dvc"), "queue", "status"],
-        cwd=root,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, f"dvc queue status exited {result.returncode}:\n{result.stderr}"
-    return result.stdout
