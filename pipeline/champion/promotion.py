@@ -94,7 +94,7 @@ def settle(
         return registration
     if not registration.promoted or champion == registration.version:
         return dataclasses.replace(registration, champion_version=champion)
-    client.set_registered_model_alias(registration.name, registry.CHALLENGER, registration.version)
+    registry.set_alias(client, registration.name, registry.CHALLENGER, registration.version)
     reason = (
         f"{registration.reason}; then v{champion}, promoted by another evaluation at the same"
         " time, was better: challenger"

@@ -31,6 +31,8 @@ GATE_FIGURE = "test_accuracy"
 # Tags a version gets each time it becomes champion (when, UTC ISO 8601, and why), and once it
 # is rolled back (when, by whom, why): together, the alias's history (`champion_history`).
 CHAMPION_SINCE, CHAMPION_REASON, ROLLED_BACK = "champion_since", "champion_reason", "rolled_back"
+# Tries at setting an alias that other clients keep creating at the same moment (`set_alias`).
+ALIAS_TRIES = 3
 
 
 class NoSuchVersion(LookupError):
@@ -127,12 +129,40 @@ def champion(client: Any, name: str) -> Any | None:
         return None
 
 
+def set_alias(client: Any, name: str, alias: str, version: str) -> None:
+    """Point `alias` at `version`, also when another client creates the alias at the same time.
+
+    MLflow's database stores set an alias by a read, then an insert when the read found none
+    (SQLAlchemy's merge). Two evaluations setting a new alias together both read none, and the
+    later insert fails on the alias's primary key: PostgreSQL's UniqueViolation or SQLite's
+    "UNIQUE constraint failed", which a tracking server answers as BAD_REQUEST. The row exists
+    then, so setting it again reads it and updates it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(ALIAS_TRIES):
+        try:
+            client.set_registered_model_alias(name, alias, version)
+            return
+        except MlflowException as error:
+            if attempt + 1 == ALIAS_TRIES or not created_meanwhile(error):
+                raise
+            log.info(
+                "alias %s of %s created meanwhile by another client: setting it again", alias, name
+            )
+
+
+def created_meanwhile(error: Exception) -> bool:
+    """Whether `error` is a store's refusal of an alias row that another client just inserted."""
+    message = str(error).lower()
+    return "alias" in message and ("unique" in message or "duplicate key" in message)
+
+
 def make_champion(client: Any, name: str, version: str, *, reason: str) -> None:
     """Point `champion` at `version`, recording on the version when and why."""
     when = datetime.now(UTC).isoformat(timespec="microseconds")
     client.set_model_version_tag(name, version, CHAMPION_SINCE, when)
     client.set_model_version_tag(name, version, CHAMPION_REASON, reason[:500])
-    client.set_registered_model_alias(name, CHAMPION, version)
+    set_alias(client, name, CHAMPION, version)
 
 
 def champion_history(client: Any, name: str) -> list[Any]:
@@ -258,7 +288,7 @@ def promote(
     elif over_budget:
         promoted, reason = False, f"not promoted: over budget ({'; '.join(over_budget)}); {reason}"
     if not promoted:
-        client.set_registered_model_alias(name, CHALLENGER, version)
+        set_alias(client, name, CHALLENGER, version)
         return Registration(name, version, False, reason, str(current.version))
     client.set_model_version_tag(name, version, GATE, PASSED)
     make_champion(client, name, version, reason=reason)

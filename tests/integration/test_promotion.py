@@ -45,3 +45,36 @@ def test_a_champion_from_other_data_is_left_alone(model_registry: Registry):
     )
     assert (other.promoted, other.champion_version) == (True, "2")
     assert model_registry.alias("champion") == "2"
+
+
+def test_an_alias_another_evaluation_creates_meanwhile_is_set_all_the_same(
+    model_registry: Registry, sqlite_store: str
+):
+    """MLflow sets an alias by a read, then an insert if the read found none: another client's
+    insert in between makes that insert fail on the alias's key (what two machines promoting
+    their first versions together met on PostgreSQL). Here the other client inserts the same row
+    from its own connection just before the store's insert runs."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    first = model_registry.register(
+        model_registry.new_run(), accuracy=0.8, champion_accuracy=None, tags=tags(0.8)
+    )
+    model_registry.client.delete_registered_model_alias(model_registry.name, "champion")
+    engine = model_registry.client._get_registry_client().store.engine
+    inserted = []
+
+    def insert_first(connection, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO registered_model_aliases") and not inserted:
+            with sqlite3.connect(sqlite_store.removeprefix("sqlite:///")) as other:
+                other.execute(statement, parameters)
+            inserted.append(parameters)
+
+    event.listen(engine, "before_cursor_execute", insert_first)
+    try:
+        registry.make_champion(model_registry.client, model_registry.name, "1", reason="again")
+    finally:
+        event.remove(engine, "before_cursor_execute", insert_first)
+    assert len(inserted) == 1  # the other client's row was there first
+    assert model_registry.alias("champion") == first.version == "1"

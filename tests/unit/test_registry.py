@@ -77,3 +77,27 @@ def test_uris_name_a_version_or_an_alias():
     assert registry.version_uri("m", 3) == "models:/m/3"
     assert registry.alias_uri("m") == "models:/m@champion"
     assert registry.alias_uri("m", registry.CHALLENGER) == "models:/m@challenger"
+
+
+@pytest.mark.parametrize(
+    ("message", "meanwhile"),
+    [
+        # What a tracking server on PostgreSQL answered the second of two evaluations (CI).
+        (
+            "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique"
+            ' constraint "registered_model_alias_pk"',
+            True,
+        ),
+        (
+            "(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.workspace,"
+            " registered_model_aliases.name, registered_model_aliases.alias",
+            True,
+        ),
+        ("RESOURCE_DOES_NOT_EXIST: Model Version (name=m, version=9) not found", False),
+        ("INVALID_PARAMETER_VALUE: 'latest' alias name (case insensitive) is reserved.", False),
+    ],
+)
+def test_an_alias_created_meanwhile_is_told_from_other_refusals(message, meanwhile):
+    from mlflow.exceptions import MlflowException
+
+    assert registry.created_meanwhile(MlflowException(message)) is meanwhile
