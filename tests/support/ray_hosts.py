@@ -202,23 +202,35 @@ def _node_options(cpus: int) -> list[str]:
     return ["--num-cpus", str(cpus), "--block", "--disable-usage-stats"]
 
 
+# Asks the cluster (as a driver on host A) until it has argv[2] live nodes or argv[3] seconds
+# passed; prints the last count. One process for the whole wait: each start imports Ray and
+# connects, ~2 s of CPU, which a probe per second spent again and again while node B joined.
+NODES_PROBE = """
+import sys, time
+import ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+count, deadline = int(sys.argv[2]), time.monotonic() + float(sys.argv[3])
+while (alive := sum(node["Alive"] for node in ray.nodes())) != count:
+    if time.monotonic() > deadline:
+        break
+    time.sleep(0.25)
+print(alive)
+"""
+
+
 def wait_nodes(hosts: Hosts, head: str, count: int, timeout: float = 90) -> None:
     """Until the cluster at `head` has `count` live nodes (asked from host A)."""
-    probe = (
-        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
-        "print(sum(n['Alive'] for n in ray.nodes()))"
-    )
     deadline = time.monotonic() + timeout
     while True:
-        result = hosts.run(
-            hosts.a, [sys.executable, "-c", probe, head], capture_output=True, text=True
-        )
+        left = max(deadline - time.monotonic(), 0)
+        argv = [sys.executable, "-c", NODES_PROBE, head, str(count), f"{left:.1f}"]
+        result = hosts.run(hosts.a, argv, capture_output=True, text=True, timeout=left + 60)
         if result.returncode == 0 and result.stdout.strip().endswith(str(count)):
             return
         if time.monotonic() > deadline:
             logs = "\n".join(server.tail(2000) for server in hosts.started)
             raise AssertionError(f"cluster at {head} has no {count} nodes:\n{result}\n{logs}")
-        time.sleep(1)
+        time.sleep(1)  # the head did not answer yet: connect again
 
 
 def start_mlflow(hosts: Hosts, folder: Path) -> tuple[str, str]:
