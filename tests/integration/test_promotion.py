@@ -52,29 +52,37 @@ def test_an_alias_another_evaluation_creates_meanwhile_is_set_all_the_same(
 ):
     """MLflow sets an alias by a read, then an insert if the read found none: another client's
     insert in between makes that insert fail on the alias's key (what two machines promoting
-    their first versions together met on PostgreSQL). Here the other client inserts the same row
-    from its own connection just before the store's insert runs."""
+    their first versions together met on PostgreSQL). Here another client points `champion` at
+    v1 from its own connection just before the store inserts it for v2: v2 must end champion."""
+    import re
     import sqlite3
 
     from sqlalchemy import event
 
-    first = model_registry.register(
-        model_registry.new_run(), accuracy=0.8, champion_accuracy=None, tags=tags(0.8)
-    )
+    for accuracy in (0.8, 0.9):
+        model_registry.register(
+            model_registry.new_run(), accuracy=accuracy, champion_accuracy=None, tags=tags(accuracy)
+        )
     model_registry.client.delete_registered_model_alias(model_registry.name, "champion")
     engine = model_registry.client._get_registry_client().store.engine
     inserted = []
 
     def insert_first(connection, cursor, statement, parameters, context, executemany):
-        if statement.startswith("INSERT INTO registered_model_aliases") and not inserted:
+        found = re.match(r"INSERT INTO registered_model_aliases \(([^)]*)\)", statement)
+        if found and not inserted:
+            row = dict(zip(found[1].split(", "), parameters, strict=True)) | {"version": 1}
             with sqlite3.connect(sqlite_store.removeprefix("sqlite:///")) as other:
-                other.execute(statement, parameters)
-            inserted.append(parameters)
+                other.execute(
+                    f"INSERT INTO registered_model_aliases ({', '.join(row)})"
+                    f" VALUES ({', '.join('?' * len(row))})",
+                    tuple(row.values()),
+                )
+            inserted.append(row)
 
     event.listen(engine, "before_cursor_execute", insert_first)
     try:
-        registry.make_champion(model_registry.client, model_registry.name, "1", reason="again")
+        registry.make_champion(model_registry.client, model_registry.name, "2", reason="better")
     finally:
         event.remove(engine, "before_cursor_execute", insert_first)
-    assert len(inserted) == 1  # the other client's row was there first
-    assert model_registry.alias("champion") == first.version == "1"
+    assert [row["alias"] for row in inserted] == ["champion"]  # the other client's came first
+    assert model_registry.alias("champion") == "2"
