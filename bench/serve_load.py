@@ -18,7 +18,11 @@ ours / MLflow per cell, then each goal with PASS / MISS and by how much it is mi
 single-image cell of ours is also set against the sum of its parts, measured in the same run: the
 `GET /livez` floor's server CPU per request at its concurrency, plus its upload's preprocessing
 and forward pass in this process with one thread, before any server starts
-(`bench.preprocess_cost`); the cell's server CPU is printed as a multiple of that sum.
+(`bench.preprocess_cost`); the cell's server CPU is printed as a multiple of that sum. Two
+bounds are measured in the same run and printed beside the goals they bound: the images/s the
+served file's forward pass alone allows on the usable cores (`bench.forward_ceiling`, a batch in
+this process with one thread), beside the batch goals; and the ready time of a BentoML service
+with one endpoint and no model (`bench/bare_service.py`, same workers), beside ours.
 
 The modules: `serve_payloads` (what each kind sends, how answers are read), `serve_driver` (the
 load: concurrency, latencies, cells), `serve_servers` (server processes, their CPU and memory),
@@ -53,6 +57,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import (
+    forward_ceiling,
     preprocess_cost,
     serve_driver,
     serve_payloads,
@@ -64,6 +69,8 @@ from pipeline.champion import registry
 from tests.support import servers
 
 ROOT = servers.REPO_ROOT
+# BentoML's own start, measured beside ours (`bare_ready_s`).
+BARE_SERVICE = "bench.bare_service:Bare"
 
 
 @dataclass(frozen=True)
@@ -242,6 +249,27 @@ def start_server(
     return server
 
 
+def bare_ready_s(args: argparse.Namespace, log_dir: Path) -> float:
+    """Seconds to /readyz of a BentoML service with one endpoint and no model
+    (`bench/bare_service.py`), with ours' workers: BentoML's own start on this machine."""
+    env = serve_servers.server_env(
+        bentoml_home=os.environ["BENTOML_HOME"],
+        tracking_uri="",
+        extra={"SERVING_WORKERS": str(args.workers)},
+    )
+    (log_dir / "bare").mkdir(exist_ok=True)
+    server = serve_servers.start_ours(
+        service=BARE_SERVICE,
+        env=env,
+        log_dir=log_dir / "bare",
+        ready_timeout=args.ready_timeout,
+        name="bare",
+    )
+    serve_servers.stop_all([server])
+    print(f"- a bare BentoML service (one endpoint, no model) ready in {server.ready_s:.2f} s")
+    return server.ready_s
+
+
 @dataclass
 class Outcome:
     """What one run of both servers measured."""
@@ -299,6 +327,7 @@ def start_check_and_load(
     checks: list[str] = []
     failures: dict[str, str] = {}
     fresh: list[serve_driver.Cell] = []
+    ready["bare"] = bare_ready_s(args, log_dir)
     for name in ("ours",) if args.skip_mlflow else ("ours", "mlflow"):
         server = start_server(name, args, model, log_dir)
         ours = name == "ours"
@@ -367,9 +396,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = preprocess_cost.single_image_parts(
         args.kinds, images, model_file=model.onnx_file, content_size=model.content_size
     )
+    ceiling = forward_ceiling.measure(model.onnx_file, images)
+    print(f"- the forward pass alone ({model.onnx_file.name}): {ceiling.text()}")
     log_dir = Path(tempfile.mkdtemp(prefix="serve_load-"))
     outcome = start_check_and_load(args, model, requests, true_labels, log_dir)
-    goals = serve_report.goals(outcome.cells, outcome.ready, outcome.memory, parts)
+    goals = serve_report.goals(outcome.cells, outcome.ready, outcome.memory, parts, ceiling)
     goals.append(serve_workers.spread_goal(outcome.cells, outcome.fresh, args.workers))
     print("\n" + serve_report.table(outcome.cells, parts) + "\n")
     print("\n".join(serve_report.goal_lines(goals)))
@@ -396,6 +427,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "parts_ms": {
             kind: {"preprocess": found.preprocess_ms, "forward": found.forward_ms}
             for kind, found in parts.items()
+        },
+        "forward_ceiling": {
+            "multiply_adds": ceiling.multiply_adds,
+            "batch": ceiling.batch,
+            "ms_per_image": ceiling.ms_per_image,
+            "cores": ceiling.cores,
+            "images_per_s": ceiling.images_per_s,
         },
         "fresh_starts": [cell.worker_requests for cell in outcome.fresh],
         "goals": serve_report.summary(goals),

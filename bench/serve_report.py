@@ -1,14 +1,16 @@
 """The report: a Markdown table of the cells, and each goal with PASS / MISS and by how much.
 
-Goals (ours, measured against `mlflow models serve` on the same version in the same run):
+Goals (ours, measured against `mlflow models serve` on the same version in the same run; issue
+37 tightened the p99s, the CPU, the batches and the ready time of the serving issue's goals):
 
-    single image /predict_image at concurrency 8: >= 450 req/s with p99 <= 25 ms
-    single image /predict_image at concurrency 32: p99 <= 80 ms
+    single image /predict_image at concurrency 8: >= 450 req/s with p99 <= 15 ms
+    single image /predict_image at concurrency 32: p99 <= 50 ms
     >= 20x MLflow's single-image throughput (concurrency 8)
-    server CPU per single-image request <= 1.8 ms (concurrency 8)
-    >= 4,000 images/s through /predict (JSON) in batches (best concurrency)
-    >= 8,000 images/s through OIP /infer (binary tensors) in batches (best concurrency)
-    ready <= 2.5 s after start (process start -> /readyz 200)
+    server CPU per single-image request <= 1.2 ms (concurrency 8)
+    >= 8,000 images/s through /predict (JSON) in batches (best concurrency)
+    >= 10,000 images/s through OIP /infer (binary tensors) in batches (best concurrency)
+    preprocessing a photo-like upload in process: <= 0.4 ms (bench.preprocess_cost)
+    ready <= 1.5 s after start (process start -> /readyz 200)
     every worker serves >= 25% of the requests of every c=8 cell and of every fresh client pool
     (bench.serve_workers, which counts each cell's requests per worker)
     our server's process tree: resident memory <= 700 MiB (summed RSS, after the batch cells)
@@ -17,6 +19,11 @@ Goals (ours, measured against `mlflow models serve` on the same version in the s
     single image /predict_image at concurrency 8: server CPU <= 1.7x the sum of its parts (issue
     37): the floor's server CPU per request at the same concurrency, plus the upload's
     preprocessing and forward pass in process, one thread (bench.preprocess_cost.upload_parts)
+
+Beside the goals that a part of the machine or of BentoML bounds, the bound measured in the same
+run: the CPU goal with the sum of the request's parts, the batch goals with the images/s the
+served file's forward pass alone allows on these cores (bench.forward_ceiling), the ready goal
+with a bare BentoML service's ready time (bench/bare_service.py, same workers).
 
 Reported without a goal: /predict_images, the ratios to MLflow's batches, MLflow's memory. Each
 single-image goal is judged for every single-image kind measured (multipart upload and raw body),
@@ -29,20 +36,22 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from bench.forward_ceiling import Ceiling
 from bench.preprocess_cost import Parts
 from bench.serve_driver import Cell
 from bench.serve_payloads import BASELINE, FLOOR, SINGLE_IMAGE_KINDS
 
 GOAL_CONCURRENCY = 8
 GOAL_SINGLE_RPS = 450.0
-GOAL_SINGLE_P99_MS = 25.0
+GOAL_SINGLE_P99_MS = 15.0
 HIGH_CONCURRENCY = 32
-GOAL_HIGH_P99_MS = 80.0
+GOAL_HIGH_P99_MS = 50.0
 GOAL_RATIO = 20.0
-GOAL_CPU_MS = 1.8
-GOAL_BATCH_IMAGES_PER_S = 4000.0
-GOAL_OIP_IMAGES_PER_S = 8000.0
-GOAL_READY_S = 2.5
+GOAL_CPU_MS = 1.2
+GOAL_BATCH_IMAGES_PER_S = 8000.0
+GOAL_OIP_IMAGES_PER_S = 10000.0
+GOAL_PHOTO_PREPROCESS_MS = 0.4
+GOAL_READY_S = 1.5
 GOAL_RSS_MIB = 700.0
 GOAL_FLOOR_FRACTION = 0.5
 GOAL_PARTS_MULTIPLE = 1.7
@@ -161,7 +170,10 @@ def single_image_goals(cells: list[Cell], kind: str, parts: dict[str, Parts]) ->
     text = f"{label}: server CPU <= {GOAL_CPU_MS:.1f} ms per request at c={GOAL_CONCURRENCY}"
     if (verdict := not_measured(text, cell)) is None:
         cpu_ms = cell.server_cpu_ms_per_request or math.nan
-        verdict = judged(text, f"{cpu_ms:.2f} ms", [at_most(cpu_ms, GOAL_CPU_MS, "ms")])
+        figure = f"{cpu_ms:.2f} ms"
+        if kind in parts:
+            figure += f" (the sum of its parts alone: {parts_sum(cell, cells, parts)[1]:.2f} ms)"
+        verdict = judged(text, figure, [at_most(cpu_ms, GOAL_CPU_MS, "ms")])
     goals.append(verdict)
     return goals + floor_goals(cells, kind) + parts_goals(cells, kind, parts)
 
@@ -250,16 +262,26 @@ def best(cells: list[Cell], kind: str) -> Cell | None:
     return max(found, key=lambda cell: (cell.ok, cell.images_per_s), default=None)
 
 
-def batch_goals(cells: list[Cell]) -> list[Goal]:
+def ceiling_text(cell: Cell, ceiling: Ceiling | None) -> str:
+    """'; <share> of the N images/s the forward pass alone allows here', or '' unknown."""
+    if ceiling is None or not ceiling.images_per_s:
+        return ""
+    return (
+        f"; {cell.images_per_s / ceiling.images_per_s:.0%} of the {ceiling.images_per_s:,.0f}"
+        f" images/s the forward pass alone allows on {ceiling.cores} cores"
+    )
+
+
+def batch_goals(cells: list[Cell], ceiling: Ceiling | None = None) -> list[Goal]:
     """Images/s through /predict and OIP /infer (goals) and /predict_images (reported), best
-    concurrency each."""
+    concurrency each, with the share of the forward pass's ceiling where it was measured."""
     goals = []
     text = f"/predict batches: >= {GOAL_BATCH_IMAGES_PER_S:,.0f} images/s (best concurrency)"
     cell = best(cells, "batch")
     if (verdict := not_measured(text, cell)) is None:
         figure = (
             f"{cell.images_per_s:,.0f} images/s ({cell.images_per_request} images/request,"
-            f" concurrency {cell.concurrency})"
+            f" concurrency {cell.concurrency}{ceiling_text(cell, ceiling)})"
         )
         shortfall = at_least(cell.images_per_s, GOAL_BATCH_IMAGES_PER_S, "images/s")
         verdict = judged(text, figure, [shortfall, errors_text(cell)])
@@ -279,6 +301,7 @@ def batch_goals(cells: list[Cell]) -> list[Goal]:
                 f"{cell.images_per_s:,.0f} images/s ({cell.images_per_request} images/request,"
                 f" concurrency {cell.concurrency}, p99 {cell.percentile(0.99):,.1f} ms"
                 + ("" if ratio is None else f", {ratio:.1f}x MLflow's batches")
+                + ceiling_text(cell, ceiling)
                 + ")"
             )
             verdict = (
@@ -304,6 +327,8 @@ def server_goals(ready: dict[str, float], memory: dict[str, dict[str, int]]) -> 
         goals = [Goal(text, "n/a", "not measured")]
     else:
         figure = f"{ready['ours']:.1f} s"
+        if "bare" in ready:
+            figure += f" (a bare BentoML service, same workers: {ready['bare']:.1f} s)"
         if "mlflow" in ready:
             figure += f" (MLflow: {ready['mlflow']:.1f} s to /ping)"
         goals = [judged(text, figure, [at_most(ready["ours"], GOAL_READY_S, "s")])]
@@ -325,11 +350,21 @@ def server_goals(ready: dict[str, float], memory: dict[str, dict[str, int]]) -> 
     return goals
 
 
+def preprocess_goal(parts: dict[str, Parts]) -> list[Goal]:
+    """Preprocessing the photo-like upload in process (a goal), when that kind was measured."""
+    if "photo" not in parts:
+        return []
+    text = f"preprocessing a photo-like upload in process: <= {GOAL_PHOTO_PREPROCESS_MS} ms"
+    found = parts["photo"].preprocess_ms
+    return [judged(text, f"{found:.3f} ms", [at_most(found, GOAL_PHOTO_PREPROCESS_MS, "ms")])]
+
+
 def goals(
     cells: list[Cell],
     ready: dict[str, float],
     memory: dict[str, dict[str, int]],
     parts: dict[str, Parts] | None = None,
+    ceiling: Ceiling | None = None,
 ) -> list[Goal]:
     """Every goal with its measured figure, verdict and shortfall."""
     found: list[Goal] = []
@@ -337,7 +372,9 @@ def goals(
     for kind in SINGLE_IMAGE_KINDS:
         if any(cell.kind == kind for cell in cells):
             found.extend(single_image_goals(cells, kind, parts))
-    return found + batch_goals(cells) + server_goals(ready, memory)
+    return (
+        found + preprocess_goal(parts) + batch_goals(cells, ceiling) + server_goals(ready, memory)
+    )
 
 
 def shares(by_worker: dict[str, int] | None) -> dict[str, float]:
