@@ -10,8 +10,10 @@ working tree) with the `--base-env` settings; the head arm from this working tre
 base, head, ...: drift on a shared machine falls on both), and get a multipart PNG of one test
 image at `/predict_image` from `--concurrency` clients. Per run it prints requests/s, p50, p99,
 the server's CPU per request and the prediction records' rows on disk; then the medians of each
-arm and head / base. There is no goal: it says how a change moved the figures, with both arms
-measured in the same run on the same machine (read single figures with care on a shared one).
+arm with the range of its runs, head / base, and whether the arms' runs overlap (on a shared
+machine a change smaller than the runs' spread is not told apart by a few rounds). There is no
+goal: it says how a change moved the figures, with both arms measured in the same run on the
+same machine (read single figures with care on a shared one).
 """
 
 from __future__ import annotations
@@ -114,14 +116,23 @@ def one_run(arm: str, code: Path, extra: dict[str, str], args: argparse.Namespac
 
 
 def compared(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Per figure: each arm's median and head / base."""
+    """Per figure: each arm's median and range, head / base, and whether the arms' runs overlap
+    (then this many rounds cannot tell the two apart on this machine)."""
     lines = []
     for figure in FIGURES:
-        base, head = (
-            statistics.median(run[figure] or float("nan") for run in runs[arm])
-            for arm in ("base", "head")
+        values = {
+            arm: [run[figure] or float("nan") for run in runs[arm]] for arm in ("base", "head")
+        }
+        base, head = (statistics.median(values[arm]) for arm in ("base", "head"))
+        ranges = {arm: f"{min(found):,.3f}-{max(found):,.3f}" for arm, found in values.items()}
+        overlap = max(min(found) for found in values.values()) <= min(
+            max(found) for found in values.values()
         )
-        lines.append(f"- {figure}: base {base:,.3f}, head {head:,.3f}, head/base {head / base:.3f}")
+        lines.append(
+            f"- {figure}: base {base:,.3f} ({ranges['base']}), head {head:,.3f}"
+            f" ({ranges['head']}), head/base {head / base:.3f}; "
+            + ("the arms' runs overlap" if overlap else "every run of one arm beyond the other's")
+        )
     return lines
 
 
