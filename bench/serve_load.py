@@ -46,7 +46,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -374,6 +374,20 @@ def start_check_and_load(
     )
 
 
+def describe_load(args: argparse.Namespace, source: str, cores: int) -> None:
+    """The lines that say what is sent, how long, and who shares the cores."""
+    print(
+        f"- requests: {source}; kinds {', '.join(args.kinds)}; batches of {args.batch_size}"
+        f" images ({args.upload_batch} for /predict_images); {args.duration:g} s measured after"
+        f" {args.warmup:g} s warm-up per cell; concurrency = requests in flight"
+    )
+    print(
+        f"- each server runs {args.workers} worker process(es); the load generator (1 process,"
+        f" asyncio + aiohttp) shares the {cores} cores with the server under test;"
+        " each server runs alone: ours is started, checked, measured and stopped, then MLflow's"
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Package, start, check, load and stop; print the report; return everything measured."""
     name = model_name(args)
@@ -388,16 +402,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         upload_batch=args.upload_batch,
         mlflow=not args.skip_mlflow,
     )
-    print(
-        f"- requests: {source}; kinds {', '.join(args.kinds)}; batches of {args.batch_size}"
-        f" images ({args.upload_batch} for /predict_images); {args.duration:g} s measured after"
-        f" {args.warmup:g} s warm-up per cell; concurrency = requests in flight"
-    )
-    print(
-        f"- each server runs {args.workers} worker process(es); the load generator (1 process,"
-        f" asyncio + aiohttp) shares the {info['usable_cpus']} cores with the server under test;"
-        " each server runs alone: ours is started, checked, measured and stopped, then MLflow's"
-    )
+    describe_load(args, source, info["usable_cpus"])
     # Before any server runs, so that the parts have the machine to themselves.
     parts = preprocess_cost.single_image_parts(
         args.kinds, images, model_file=model.onnx_file, content_size=model.content_size
@@ -434,13 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             kind: {"preprocess": found.preprocess_ms, "forward": found.forward_ms}
             for kind, found in parts.items()
         },
-        "forward_ceiling": {
-            "multiply_adds": ceiling.multiply_adds,
-            "batch": ceiling.batch,
-            "ms_per_image": ceiling.ms_per_image,
-            "cores": ceiling.cores,
-            "images_per_s": ceiling.images_per_s,
-        },
+        "forward_ceiling": asdict(ceiling) | {"images_per_s": ceiling.images_per_s},
         "fresh_starts": [cell.worker_requests for cell in outcome.fresh],
         "goals": serve_report.summary(goals),
         "logs": str(log_dir),
