@@ -91,20 +91,19 @@ def multiply_adds(path: Path) -> int:
 def measure(path: Path, images: np.ndarray, *, repeats: int = 5) -> Ceiling:
     """The ceiling of `path` on `images` (N, 28, 28), float32 in [0, 1]: the median over
     `repeats` of one batch's CPU per image, after a warm-up call."""
+    from bench import preprocess_cost
     from serving.model import open_session
 
     session = open_session(path, threads=1)
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)}
     session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        started = time.process_time()
-        session.run(None, feed)
-        times.append((time.process_time() - started) * 1000 / len(images))
+    batch_ms = preprocess_cost.median_ms(
+        lambda batch: session.run(None, batch), [feed], repeats, clock=time.process_time
+    )
     return Ceiling(
         multiply_adds=multiply_adds(path),
         batch=len(images),
-        ms_per_image=float(np.median(times)),
+        ms_per_image=batch_ms / len(images),
         cores=len(os.sched_getaffinity(0)),
     )
 
